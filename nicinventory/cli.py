@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import shutil
 import signal
 import sys
 import tempfile
@@ -14,6 +15,7 @@ from typing import Any
 from nicinventory.config import InventoryConfig, load_config
 from nicinventory.errors import InventoryError, NotFoundError
 from nicinventory.fakesysfs import build_host, load_spec
+from nicinventory.model import TorPort
 from nicinventory.render import FORMATS, console, dump, inventory_table, nic_tables, write_change
 from nicinventory.sysfs import SysfsReader
 from nicinventory.tor import TorMap
@@ -75,8 +77,12 @@ def _reader(args: argparse.Namespace, cfg: InventoryConfig) -> Iterator[SysfsRea
         spec = load_spec(None)
         with tempfile.TemporaryDirectory(prefix="nicinventory-sample-") as tmp:
             build_host(spec, tmp)
-            static = {**spec.tor_map(), **cfg.static_tor()}
-            yield SysfsReader(tmp, TorMap(static).lookup)
+            from_config, from_spec = TorMap(cfg.static_tor()), TorMap(spec.tor_map())
+
+            def lookup(bdf: str, ifname: str | None) -> TorPort | None:  # the user's config wins
+                return from_config.lookup(bdf, ifname) or from_spec.lookup(bdf, ifname)
+
+            yield SysfsReader(tmp, lookup)
         return
     yield SysfsReader(args.sysfs_root, cfg.tor_map_now().lookup)
 
@@ -132,7 +138,14 @@ def _fake(args: argparse.Namespace) -> None:
 
     if os.path.isdir(args.dir) and os.listdir(args.dir):
         raise InventoryError(f"{args.dir} is not empty")
-    built = build_host(load_spec(args.spec), args.dir)
+    spec = load_spec(args.spec)
+    existed = os.path.exists(args.dir)
+    try:
+        built = build_host(spec, args.dir)
+    except (OSError, ValueError) as e:  # not a directory, a PCI address used twice...
+        if not existed:  # leave nothing half-built behind
+            shutil.rmtree(args.dir, ignore_errors=True)
+        raise InventoryError(f"cannot build {args.dir}: {e}") from e
     vfs = sum(len(p.vf_addresses) for p in built.pfs)
     print(f"built {built.spec.hostname}: {len(built.pfs)} NICs, {vfs} VFs under {built.sysfs.root}")
 

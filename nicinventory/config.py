@@ -8,6 +8,7 @@ tor_map:                     # static PF -> TOR port entries; they win over LLDP
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import yaml
@@ -47,17 +48,31 @@ class InventoryConfig(BaseModel):
         return TorMap(self.static_tor(), lldp)
 
 
+def yaml_problem(e: yaml.YAMLError) -> str:
+    """A YAML error on one line (its str() spans several): `line L, column C: problem`."""
+    mark = getattr(e, "problem_mark", None)
+    at = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    return at + " ".join(str(getattr(e, "problem", None) or e).split())
+
+
 def load_config(path: str | None) -> InventoryConfig:
     """Config from a file; defaults when path is None. Errors name the file and the field."""
     if path is None:
         return InventoryConfig()
     try:
-        with open(path) as f:
-            data: Any = yaml.safe_load(f) or {}  # YAML is a superset of JSON
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
     except OSError as e:
         raise ConfigError(f"{path}: {e.strerror}") from e
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {e.start})") from e
+    try:
+        data: Any = yaml.safe_load(text) or {}  # YAML is a superset of JSON...
     except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML or JSON: {e}") from e
+        try:  # ...except for tabs, which JSON allows as whitespace and YAML does not
+            data = json.loads(text) or {}
+        except ValueError:
+            raise ConfigError(f"{path}: not valid YAML or JSON: {yaml_problem(e)}") from e
     try:
         return InventoryConfig.model_validate(data)
     except ValidationError as e:

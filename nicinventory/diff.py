@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -50,10 +51,11 @@ def _changed(old: dict[str, Any], new: dict[str, Any]) -> dict[str, tuple[Any, A
 
 
 def _nic_fields(nic: NIC) -> dict[str, Any]:
-    d = nic.to_dict()
-    sriov = d.pop("sriov")
+    """The NIC's own fields; VFs are compared one by one, not flattened into this."""
+    d = dataclasses.replace(nic, sriov=None).to_dict()
     # A NIC without SR-IOV and one with it disabled differ in the sriov object itself.
-    d["sriov"] = None if sriov is None else {k: v for k, v in sriov.items() if k != "vfs"}
+    s = nic.sriov
+    d["sriov"] = None if s is None else {"total_vfs": s.total_vfs, "num_vfs": s.num_vfs}
     return d
 
 
@@ -98,7 +100,8 @@ def diff_nic(old: NIC | None, new: NIC | None, source: str = "", time: float = 0
                 "nic-changed", new.pci_address, new.pci_address, new.ifname, None, fields, **meta
             )
         )
-    old_vfs = old.sriov.vfs if old.sriov else ()
-    new_vfs = new.sriov.vfs if new.sriov else ()
-    out.extend(_vf_changes(new.pci_address, old_vfs, new_vfs, **meta))
+    if old.sriov is not new.sriov:  # a link update keeps the same Sriov object: nothing to compare
+        old_vfs = old.sriov.vfs if old.sriov else ()
+        new_vfs = new.sriov.vfs if new.sriov else ()
+        out.extend(_vf_changes(new.pci_address, old_vfs, new_vfs, **meta))
     return out

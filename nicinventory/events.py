@@ -7,13 +7,17 @@ watcher cannot tell them from the real ones.
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
 import select
+import socket
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
+from nicinventory.errors import InventoryError
 from nicinventory.sysfs import bdf_from_devpath
 
 log = logging.getLogger(__name__)
@@ -60,19 +64,14 @@ class UdevSource:
     def _open(self) -> Any:
         import pyudev
 
-        if self.netns:
-            from pyroute2 import netns as nsmod
+        def monitor() -> Any:
+            m = pyudev.Monitor.from_netlink(pyudev.Context(), source="kernel")
+            m.filter_by("pci")
+            m.filter_by("net")
+            m.start()
+            return m
 
-            nsmod.pushns(self.netns)
-        try:
-            monitor = pyudev.Monitor.from_netlink(pyudev.Context(), source="kernel")
-            monitor.filter_by("pci")
-            monitor.filter_by("net")
-            monitor.start()
-        finally:
-            if self.netns:
-                nsmod.popns()
-        return monitor
+        return in_netns(self.netns, monitor)
 
     def run(self, emit: Emit, stop: threading.Event) -> None:
         while not stop.is_set():
@@ -97,29 +96,47 @@ class UdevSource:
 
 
 class NetlinkSource:
-    """RTM_NEWLINK / RTM_DELLINK: carrier and operstate changes, which udev does not report."""
+    """RTM_NEWLINK / RTM_DELLINK: carrier and operstate changes, which udev does not report.
+
+    A plain rtnetlink socket, parsed with pyroute2's marshal. Not pyroute2's IPRoute: since 0.9 it
+    keeps its socket per thread, so one bound in __init__ and read in run()'s thread never sees a
+    message, and its reader buffers datagrams where select() on the fd cannot see them.
+    """
 
     name = "netlink"
 
     def __init__(self, netns: str | None = None) -> None:
-        from pyroute2 import IPRoute
+        from pyroute2.netlink import NETLINK_ROUTE
+        from pyroute2.netlink.rtnl import RTMGRP_LINK
 
-        self._ipr = IPRoute(netns=netns) if netns else IPRoute()
-        self._ipr.bind()
+        self._sock = in_netns(
+            netns, lambda: socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_ROUTE)
+        )
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+        self._sock.bind((0, RTMGRP_LINK))
 
     def run(self, emit: Emit, stop: threading.Event) -> None:
-        fd = self._ipr.fileno()
+        from pyroute2.netlink.rtnl.marshal import MarshalRtnl
+
+        marshal = MarshalRtnl()
         try:
             while not stop.is_set():
-                ready, _, _ = select.select([fd], [], [], 0.5)
+                ready, _, _ = select.select([self._sock], [], [], 0.5)
                 if not ready:
                     continue
-                for msg in self._ipr.get():
+                try:
+                    data = self._sock.recv(1 << 16)
+                except OSError as e:
+                    if e.errno != errno.ENOBUFS:
+                        raise
+                    log.warning("netlink socket overrun: link events lost until the next rescan")
+                    continue
+                for msg in marshal.parse(data):
                     event = self.to_event(msg)
                     if event is not None:
                         emit(event)
         finally:
-            self._ipr.close()
+            self._sock.close()
 
     @classmethod
     def to_event(cls, msg: Any) -> HostEvent | None:
@@ -146,6 +163,26 @@ class NetlinkSource:
             ifname=ifname,
             attrs={k: v for k, v in attrs.items() if v is not None},
         )
+
+
+_T = TypeVar("_T")
+
+
+def in_netns(netns: str | None, make: Callable[[], _T]) -> _T:
+    """`make()` run in network namespace `netns` (a name under /run/netns or a path), for sockets
+    that must live there. A missing namespace is an error: pyroute2 would silently create it."""
+    if not netns:
+        return make()
+    from pyroute2 import netns as nsmod
+
+    path = netns if os.path.dirname(netns) else os.path.join("/run/netns", netns)
+    if not os.path.exists(path):
+        raise InventoryError(f"network namespace {netns!r} does not exist")
+    nsmod.pushns(path)
+    try:
+        return make()
+    finally:
+        nsmod.popns()
 
 
 def start_sources(

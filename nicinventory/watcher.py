@@ -54,6 +54,8 @@ class InventoryWatcher:
         self._by_ifname: dict[str, str] = {}  # netdev name -> owning NIC's PCI address
         self._by_pci: dict[str, str] = {}  # VF or NIC PCI address -> owning NIC's PCI address
         self.stats = {"events": 0, "nic_reads": 0, "full_scans": 0}
+        # Kept across changes() calls: a caller polling with short timeouts still gets rescans.
+        self._next_rescan = clock() + rescan_period
 
     # -- lifecycle ------------------------------------------------------------------------------
     def start(self) -> Inventory:
@@ -80,23 +82,21 @@ class InventoryWatcher:
     def changes(self, timeout: float | None = None) -> Iterator[Change]:
         """Apply events as they come and yield what changed. Ends on stop() or after `timeout` s."""
         deadline = None if timeout is None else self._clock() + timeout
-        next_rescan = self._clock() + self.rescan_period
         while not self._stop.is_set():
             now = self._clock()
+            if now >= self._next_rescan:  # before the queue: a stream of events must not starve it
+                yield from self._full_scan("rescan")
+                continue
             if deadline is not None and now >= deadline:
                 return
-            wait = next_rescan - now if deadline is None else min(next_rescan, deadline) - now
+            until = self._next_rescan if deadline is None else min(self._next_rescan, deadline)
             try:
-                item = self._queue.get(timeout=max(wait, 0.0))
+                item = self._queue.get(timeout=max(until - now, 0.0))
             except queue.Empty:
-                if self._clock() >= next_rescan:
-                    next_rescan = self._clock() + self.rescan_period
-                    yield from self._full_scan("rescan")
                 continue
             if item is _STOP:
                 return
             if isinstance(item, _Rescan):
-                next_rescan = self._clock() + self.rescan_period
                 yield from self._full_scan(item.reason)
             elif isinstance(item, HostEvent):
                 yield from self.apply(item)
@@ -159,11 +159,14 @@ class InventoryWatcher:
         changes = diff_nic(old, new, source=source, time=time.time())
         if changes:
             self.inventory = self.inventory.replace_nic(bdf, new)
-            self._index()
+            same_names = old is not None and new is not None and old.ifname == new.ifname
+            if not (same_names and old.sriov is new.sriov):  # link-only updates keep the index
+                self._index()
         return changes
 
     def _full_scan(self, reason: str = "start") -> list[Change]:
         self.stats["full_scans"] += 1
+        self._next_rescan = self._clock() + self.rescan_period
         if self._tor_map is not None:
             self.reader.tor_lookup = self._tor_map().lookup
         old = {n.pci_address: n for n in self.inventory.nics}

@@ -78,7 +78,9 @@ class FakeSysfs:
     """A fake /sys rooted at `root`. Creating it makes the skeleton; add_* fill it."""
 
     def __init__(self, root: str) -> None:
-        self.root = os.path.abspath(root)
+        # realpath: links are made relative to resolved targets, so the root must be resolved too,
+        # or a root reached through a symlink gets links that climb out of the tree.
+        self.root = os.path.realpath(root)
         for d in ("bus/pci/devices", "bus/pci/drivers", "class/net", "kernel/iommu_groups"):
             os.makedirs(os.path.join(self.root, d), exist_ok=True)
         self._next_group = 1 + max(
@@ -107,9 +109,13 @@ class FakeSysfs:
 
     # -- building -------------------------------------------------------------------------------
     def _parent_bridge(self, bdf: str) -> str:
+        """The root port above a device: on the bus below it, as `pci0000:3a/0000:3a:00.0/0000:3b:..`."""
         domain, bus, _ = bdf.split(":")
-        # One root port per bus, as a host bridge with one port per slot would give.
-        path = self._p("devices", f"pci{domain}:{bus}", f"{domain}:{bus}:00.0")
+        if int(bus, 16) == 0:  # a device on the root bus hangs off the host bridge itself
+            path = self._p("devices", f"pci{domain}:00")
+        else:
+            up = f"{int(bus, 16) - 1:02x}"
+            path = self._p("devices", f"pci{domain}:{up}", f"{domain}:{up}:00.0")
         os.makedirs(path, exist_ok=True)
         return path
 
@@ -201,7 +207,9 @@ class FakeSysfs:
         offset = int(_read(os.path.join(pf_dev, "sriov_offset")))
         stride = int(_read(os.path.join(pf_dev, "sriov_stride")))
         numa = int(_read(os.path.join(pf_dev, "numa_node")))
-        pf_ifname = pf_ifname or next(iter(os.listdir(os.path.join(pf_dev, "net"))), None)
+        pf_net = os.path.join(pf_dev, "net")
+        if pf_ifname is None and os.path.isdir(pf_net):  # a PF without netdev has no net dir
+            pf_ifname = next(iter(sorted(os.listdir(pf_net))), None)
         addresses = []
         for index, vf in enumerate(vfs):
             bdf = vf_address(pf_bdf, index, offset, stride)
@@ -270,7 +278,9 @@ class FakeSysfs:
                 speed = int(_read(speed_file + ".up"))
             self._write(speed_file, speed if speed is not None else -1)
         else:
-            if os.path.exists(speed_file) and _read(speed_file) != "-1":
+            if speed is not None:  # built down: remember the speed it comes up at
+                self._write(speed_file + ".up", speed)
+            elif os.path.exists(speed_file) and _read(speed_file) != "-1":
                 self._write(speed_file + ".up", _read(speed_file))  # what the link comes back at
             self._write(speed_file, -1)
 

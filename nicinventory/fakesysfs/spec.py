@@ -22,7 +22,7 @@ from importlib import resources
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from nicinventory.catalog import MODELS
 from nicinventory.errors import ConfigError
@@ -89,7 +89,7 @@ class NicSpec(BaseModel):
 
     @field_validator("vfs")
     @classmethod
-    def _vfs(cls, v: dict[str, str]) -> dict[str, str]:
+    def _vfs(cls, v: dict[str, str], info: ValidationInfo) -> dict[str, str]:
         seen: set[int] = set()
         for key, binding in v.items():
             if binding not in BINDINGS:
@@ -100,6 +100,9 @@ class NicSpec(BaseModel):
             seen.update(indexes)
         if seen and sorted(seen) != list(range(len(seen))):
             raise ValueError("VF indexes must be 0..N-1 without gaps, as sriov_numvfs makes them")
+        model = MODELS.get(info.data.get("model", ""))  # absent when the model was invalid
+        if model is not None and len(seen) > model.total_vfs:
+            raise ValueError(f"{model.name} supports {model.total_vfs} VFs, {len(seen)} asked")
         return v
 
     def vf_specs(self) -> list[VFSpec]:
@@ -150,20 +153,29 @@ def load_spec(path: str | None = None) -> HostSpec:
             )
             where = "bundled sample-host.yaml"
         else:
-            with open(path) as f:
+            with open(path, encoding="utf-8") as f:
                 text = f.read()
             where = path
     except OSError as e:
         raise ConfigError(f"{path}: {e.strerror}") from e
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {e.start})") from e
     try:
         data: Any = yaml.safe_load(text) or {}
         return HostSpec.model_validate(data)
     except yaml.YAMLError as e:
-        raise ConfigError(f"{where}: not valid YAML: {e}") from e
+        raise ConfigError(f"{where}: not valid YAML: {yaml_problem(e)}") from e
     except ValidationError as e:
         err = e.errors()[0]
-        loc = ".".join(str(x) for x in err["loc"])
+        loc = ".".join(str(x) for x in err["loc"]) or "(top level)"
         raise ConfigError(f"{where}: {loc}: {err['msg']}") from e
+
+
+def yaml_problem(e: yaml.YAMLError) -> str:
+    """A YAML error on one line (its str() spans several): `line L, column C: problem`."""
+    mark = getattr(e, "problem_mark", None)
+    at = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    return at + " ".join(str(getattr(e, "problem", None) or e).split())
 
 
 def build_host(spec: HostSpec, root: str) -> BuiltHost:
