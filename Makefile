@@ -3,10 +3,10 @@
 SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
-APT_PACKAGES := python3-venv iproute2 lldpd
+APT_PACKAGES := python3-venv iproute2 lldpd netconfd openssh-server openssh-client iputils-ping
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint format bench deps clean
+.PHONY: demo test lint format bench deps clean proto
 
 $(STAMP): pyproject.toml
 	@./scripts/install-deps $(APT_PACKAGES)
@@ -20,6 +20,11 @@ deps: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/nicinventory --sample list --vfs
 	$(VENV)/bin/nicinventory --sample show ens1f0
+	@tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && \
+	  $(VENV)/bin/nicinventory fake-sysfs "$$tmp/sys" >/dev/null && \
+	  echo "sriov-device-plugin pools (configs/sriov-device-plugin.yaml on the sample host):" && \
+	  $(VENV)/bin/sriov-device-plugin --config-file configs/sriov-device-plugin.yaml \
+	    --sysfs-root "$$tmp/sys" pools
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
@@ -34,6 +39,9 @@ test: lint
 
 bench: $(STAMP)
 	$(PY) -m benchmarks
+
+proto: $(STAMP)  # regenerate sriov_nsm_wire/ from proto/
+	$(PY) -m sriov_nsm_wire.regen
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

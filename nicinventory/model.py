@@ -72,6 +72,7 @@ class NIC:
     iommu_group: int | None = None
     rdma: bool = False
     phys_port_name: str | None = None
+    link_type: str | None = None  # "ether", "infiniband", or the ARPHRD number as text
 
     def to_dict(self) -> dict[str, Any]:
         return _plain(self)

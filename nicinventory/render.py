@@ -10,12 +10,20 @@ from typing import Any, TextIO
 
 import yaml
 from rich.console import Console
-from rich.table import Table
+from rich.markup import escape
+from rich.table import Table as _RichTable
 
 from nicinventory.diff import Change
 from nicinventory.model import NIC, Inventory, Link
 
 FORMATS = ("table", "json", "yaml")
+
+
+class Table(_RichTable):
+    """A rich table whose cells are plain text: `[ens5f0]` in a reason is data, not markup."""
+
+    def add_row(self, *cells: Any, **kwargs: Any) -> None:
+        super().add_row(*(escape(c) if isinstance(c, str) else c for c in cells), **kwargs)
 
 
 def console(out: TextIO | None = None) -> Console:

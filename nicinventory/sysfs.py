@@ -70,6 +70,15 @@ def _entry_name(entry: os.DirEntry[str]) -> str:
     return entry.name
 
 
+# ARPHRD_* values of `net/<ifname>/type` that selectors name (linkTypes).
+_LINK_TYPES = {1: "ether", 32: "infiniband"}
+
+
+def _link_type(text: str | None) -> str | None:
+    value = _int(text)
+    return None if value is None else _LINK_TYPES.get(value, str(value))
+
+
 def bdf_from_devpath(devpath: str) -> str | None:
     """The innermost PCI address in a kernel DEVPATH, e.g. for a net uevent; None for virtual devices."""
     found = _BDF_IN_PATH_RE.findall(devpath)
@@ -154,6 +163,7 @@ class SysfsReader:
         device_id = _hex4(read_attr(dev + "/device"))
         ifname, netdir = self._netdev(dev, entries, nested=True)
         phys_port_name = read_attr(netdir + "/phys_port_name") if netdir else None
+        link_type = _link_type(read_attr(netdir + "/type")) if netdir else None
         nic = NIC(
             pci_address=bdf,
             ifname=ifname,
@@ -168,6 +178,7 @@ class SysfsReader:
             iommu_group=_int(read_link_name(dev + "/iommu_group")),
             rdma="infiniband" in entries,
             phys_port_name=phys_port_name,
+            link_type=link_type,
         )
         return nic
 
