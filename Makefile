@@ -13,6 +13,9 @@ $(STAMP): pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
 	@$(PY) -m pip install --quiet --upgrade pip
 	@$(PY) -m pip install --quiet -e '.[test]'
+	@# fake-switches (a stateful Cisco CLI for the driver tests) pins Twisted<17, which fails on 3.11.
+	@$(PY) -m pip install --quiet --no-deps fake-switches==1.5.0
+	@$(PY) -m pip install --quiet twisted netaddr tftpy
 	@touch $(STAMP)
 
 deps: $(STAMP)

@@ -21,13 +21,14 @@ class Metric:
 
     name: str  # stable key for `-o json`, e.g. "discovery.full_scan"
     label: str  # what the table shows
-    unit: str  # "ms", "x" (a ratio) or "count"
+    unit: str  # "ms", "x" (a ratio), "MB" (10^6 bytes) or "count"
     median: float
     p90: float | None
     goal: str = ""
     met: bool | None = None
     runs: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
+    p99: float | None = None  # where the tail is the point (a call on a pod's startup path)
 
     @property
     def verdict(self) -> str:
@@ -42,6 +43,7 @@ class Metric:
             "unit": self.unit,
             "median": round(self.median, 4),
             "p90": None if self.p90 is None else round(self.p90, 4),
+            "p99": None if self.p99 is None else round(self.p99, 4),
             "goal": self.goal or None,
             "verdict": self.verdict,
             "runs": self.runs,
@@ -49,10 +51,18 @@ class Metric:
         }
 
 
-def p90(samples: list[float]) -> float:
-    """Nearest-rank 90th percentile: defined for any sample count, including --quick's few."""
+def percentile(samples: list[float], q: float) -> float:
+    """Nearest-rank percentile (`q` in 0..100): defined for any sample count, even --quick's few."""
     ordered = sorted(samples)
-    return ordered[max(math.ceil(0.9 * len(ordered)) - 1, 0)]
+    return ordered[max(math.ceil(q / 100 * len(ordered)) - 1, 0)]
+
+
+def p90(samples: list[float]) -> float:
+    return percentile(samples, 90)
+
+
+def p99(samples: list[float]) -> float:
+    return percentile(samples, 99)
 
 
 def median(samples: list[float]) -> float:

@@ -1,4 +1,5 @@
-"""`python -m benchmarks`: run every benchmark and report median, p90, goal and verdict.
+"""`python -m benchmarks`: run every benchmark and report median, p90 (p99 where given), goal and
+verdict.
 
 Exits 0 even when a goal is missed: a slow run on a busy machine is a figure to look at, not a build
 failure. Missed goals are printed as MISSED (and listed under "missed" in the JSON).
@@ -14,11 +15,12 @@ from collections.abc import Callable
 
 from rich.table import Table
 
-from benchmarks import Metric, bench_discovery
+from benchmarks import Metric, bench_deviceplugin, bench_discovery
 from nicinventory.render import console as make_console
 
 BENCHMARKS: dict[str, Callable[[bool], list[Metric]]] = {
     "discovery": bench_discovery.run,
+    "deviceplugin": bench_deviceplugin.run,
 }
 
 
@@ -29,12 +31,19 @@ def _fmt(value: float | None, unit: str) -> str:
         return f"{value:.2f}×"
     if unit == "ms":
         return f"{value:.2f} ms"
+    if unit == "MB":
+        return f"{value:.1f} MB"
     return f"{value:g}"
 
 
 def table(metrics: list[Metric], title: str) -> Table:
     t = Table(title=title, title_justify="left")
-    for col, justify in (("metric", "left"), ("median", "right"), ("p90", "right")):
+    for col, justify in (
+        ("metric", "left"),
+        ("median", "right"),
+        ("p90", "right"),
+        ("p99", "right"),
+    ):
         t.add_column(col, justify=justify, no_wrap=col != "metric")  # type: ignore[arg-type]
     t.add_column("goal")
     t.add_column("verdict", no_wrap=True)
@@ -44,6 +53,7 @@ def table(metrics: list[Metric], title: str) -> Table:
             m.label,
             _fmt(m.median, m.unit),
             _fmt(m.p90, m.unit),
+            _fmt(m.p99, m.unit),
             m.goal or "-",
             f"[{style[m.verdict]}]{m.verdict}[/]",
         )

@@ -15,10 +15,10 @@ from deviceplugin.config import DEFAULT_PREFIX, load_config
 from deviceplugin.state import PoolStates
 from deviceplugin.types import DevicePluginError
 from nicinventory.errors import InventoryError
-from nicinventory.render import FORMATS, Table, console, dump
 from nicinventory.sysfs import SysfsReader
 
 PROG = "sriov-device-plugin"
+FORMATS = ("table", "json", "yaml")
 DEFAULT_CONFIG = "/etc/pcidp/config.json"
 
 
@@ -63,6 +63,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", parser_class=_Parser)
     pools = sub.add_parser("pools", help="each pool with its VFs, and why other VFs are in none")
     pools.add_argument("-o", "--output", choices=FORMATS, default="table")
+    # also after `pools` (`pools --config-file F`, as documented); SUPPRESS keeps the values
+    # given before it when they are not repeated here
+    for flag in ("--config-file", "--sysfs-root", "--resource-prefix"):
+        pools.add_argument(flag, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     return p
 
 
@@ -97,6 +101,8 @@ def _pools_doc(states: PoolStates) -> dict[str, Any]:
 
 
 def _print_pools(doc: dict[str, Any]) -> None:
+    from nicinventory.render import Table, console  # rich: only this command needs it
+
     c = console()
     for pool in doc["pools"]:
         t = Table(
@@ -135,6 +141,8 @@ def _pools(args: argparse.Namespace) -> None:
     if args.output == "table":
         _print_pools(doc)
     else:
+        from nicinventory.render import dump
+
         dump(doc, args.output, sys.stdout)
 
 
@@ -162,22 +170,27 @@ def _serve(args: argparse.Namespace) -> int:
     manager = DevicePluginManager(opts)
     log = logging.getLogger(PROG)
     metrics_server = None
+    # Before start(): registering takes a while, and SIGHUP's or SIGTERM's default action would
+    # kill the process meanwhile (leaving its sockets). Both handlers only set flags.
+    signal.signal(signal.SIGHUP, lambda *_: manager.request_reload())
+    signal.signal(signal.SIGTERM, lambda *_: manager.request_stop())
+    started = False
     try:
         manager.start()
+        started = True
         if args.metrics_port:
             metrics_server = MetricsServer(
                 args.metrics_address, args.metrics_port, lambda: manager.ready
             )
             metrics_server.start()
-        signal.signal(signal.SIGHUP, lambda *_: manager.request_reload())
-        signal.signal(signal.SIGTERM, lambda *_: manager.request_stop())
         log.info("serving %d pools: %s", len(manager.servers), ", ".join(sorted(manager.servers)))
         manager.run()
     finally:
         manager.stop()
         if metrics_server:
             metrics_server.stop()
-        log.info("stopped; sockets removed")
+        if started:  # a bad config at start is one error line, not this too
+            log.info("stopped; sockets removed")
     return 0
 
 

@@ -13,7 +13,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 
 from deviceplugin import metrics
@@ -27,7 +27,7 @@ from deviceplugin.registration import (
     RegistrationError,
     register_with_kubelet,
 )
-from deviceplugin.server import DevicePluginServer
+from deviceplugin.server import DevicePluginServer, ServeError
 from deviceplugin.state import PoolStates
 from deviceplugin.types import AllocationError, ConfigError, ContainerAllocation, DeviceState
 from nicinventory.events import EventSource
@@ -88,7 +88,16 @@ class _Pool:
                 metrics.ALLOCATIONS.labels(self.resource_name, "error").inc()
                 raise
             metrics.ALLOCATIONS.labels(self.resource_name, "ok").inc()
-        m.push()  # the devices may now be Unhealthy in the pools that share them
+            # The devices may now be Unhealthy in the other pools that list them (shared NSM
+            # pools); no other list can change, so only those are compared and pushed.
+            sharing = {
+                name
+                for ids in container_requests
+                for dev_id in ids
+                for name in m.states.assignment.pools_of(dev_id)
+            } - {self.resource_name}
+        if sharing:
+            m.push(sharing)
         return out
 
     def preferred_allocation(
@@ -125,6 +134,8 @@ class DevicePluginManager:
         self.servers: dict[str, DevicePluginServer] = {}
         self.watch_endpoints: dict[str, PluginWatcherEndpoint] = {}
         self.registered: dict[str, bool] = {}
+        # the kubelet.sock each pool registered on (see _reregister_all)
+        self._registered_on: dict[str, tuple[int, int, int] | None] = {}
         self.last_sent: dict[str, list[DeviceState]] = {}
         self.specs: list[PoolSpec] = []
         self._config_sig: tuple[int, int, int] | None = None
@@ -144,13 +155,17 @@ class DevicePluginManager:
         with self.lock:
             self.states.update(self.specs, inventory)
         self._sync_in_use()
-        self._reconcile_servers()
+        # Watch before serving: a kubelet restart while the pools register (both starting at
+        # boot) wipes sockets already served; a watch made afterwards would take their absence
+        # for the normal state, and they would stay unserved and unregistered for good.
         self._kubelet_watch = KubeletWatch(
             self.opts.kubelet_dir,
-            lambda: [s.socket_path for s in self.servers.values()],
+            # list(): a copy, as the control loop may add or remove pools meanwhile
+            lambda: [s.socket_path for s in list(self.servers.values())],
             self._kubelet_restarted.set,
         )
         self._kubelet_watch.start()
+        self._reconcile_servers(strict=True)
 
     def stop(self) -> None:
         """Stop serving and remove what we wrote: sockets, device-info files, CDI specs."""
@@ -200,6 +215,7 @@ class DevicePluginManager:
                 next_resync = time.monotonic() + self.opts.resync_period
                 self._sync_in_use()
                 self._apply_inventory()
+                self._serve_missing()
                 self._retry_registrations()
 
     def _apply_inventory(self) -> None:
@@ -237,10 +253,13 @@ class DevicePluginManager:
         log.info("config reloaded: %d pools (%s changed)", len(specs), ", ".join(changed) or "none")
         self._reconcile_servers()
 
-    def push(self) -> None:
-        """Send a new list to each pool whose device states changed, and only those."""
+    def push(self, only: Collection[str] | None = None) -> None:
+        """Send a new list to each pool whose device states changed, and only those; `only`: the
+        pools that may have changed (the others are not even compared)."""
         with self.lock:
-            for name, server in self.servers.items():
+            for name, server in list(self.servers.items()):  # the loop thread may add or drop pools
+                if only is not None and name not in only:
+                    continue
                 cur = self.states.device_states(name)
                 if cur != self.last_sent.get(name):
                     self.last_sent[name] = cur
@@ -248,14 +267,28 @@ class DevicePluginManager:
                     metrics.set_devices(name, cur)
 
     # -- pools and registration -----------------------------------------------------------------
-    def _reconcile_servers(self) -> None:
+    def _reconcile_servers(self, strict: bool = False) -> None:
         wanted = {s.resource_name for s in self.specs}
         for name in [n for n in self.servers if n not in wanted]:
             log.info("pool %s removed from the config: stopping its server", name)
             self._stop_pool(name)
-        for name in sorted(wanted - set(self.servers)):
-            self._start_pool(name)
+        self._serve_missing(strict)
         self.push()
+
+    def _serve_missing(self, strict: bool = False) -> None:
+        """Serve and register every configured pool not served yet. One that cannot be served
+        (socket path too long, kubelet's folder gone) is logged and tried again on the next
+        resync, reload or kubelet restart, while the others keep serving; `strict` (start-up)
+        raises instead, so a daemon that cannot serve its config exits 2 saying why."""
+        for name in sorted({s.resource_name for s in self.specs} - set(self.servers)):
+            try:
+                self._start_pool(name)
+            except ServeError as e:
+                if strict:
+                    raise
+                if name in self.servers:  # served, but its plugin-watcher socket failed
+                    self._stop_pool(name)
+                log.error("cannot serve %s (retrying every resync): %s", name, e)
 
     def _start_pool(self, name: str) -> None:
         server = DevicePluginServer(_Pool(self, name), self.opts.kubelet_dir)
@@ -277,6 +310,7 @@ class DevicePluginManager:
         server = self.servers.pop(name)
         server.stop(0.5)
         self.registered.pop(name, None)
+        self._registered_on.pop(name, None)
         self.last_sent.pop(name, None)
         metrics.forget(name)
 
@@ -290,6 +324,7 @@ class DevicePluginManager:
                 name,
             )
             return
+        kubelet = self._kubelet_identity()  # before: a kubelet restart meanwhile is noticed
         try:
             register_with_kubelet(
                 self.opts.kubelet_socket, os.path.basename(server.socket_path), name
@@ -298,6 +333,7 @@ class DevicePluginManager:
             self._set_registered(name, False)
             log.warning("registering %s failed (retrying every resync): %s", name, e)
             return
+        self._registered_on[name] = kubelet
         self._set_registered(name, True)
         log.info("registered %s with kubelet (%s)", name, server.socket_path)
 
@@ -306,12 +342,16 @@ class DevicePluginManager:
         metrics.REGISTERED.labels(name).set(1 if ok else 0)
 
     def _reregister_all(self) -> None:
+        """Re-serve the pools whose socket was wiped; re-register those not registered with the
+        kubelet now listening. A pool still registered with it is left alone: when only some
+        of our sockets went, registering the others again is a duplicate to kubelet."""
+        kubelet = self._kubelet_identity()
         for name in list(self.servers):
             if not os.path.exists(self.servers[name].socket_path):  # kubelet wiped it: re-serve
                 self._stop_pool(name)
-                self._start_pool(name)
-            else:
+            elif not self.registered.get(name) or self._registered_on.get(name) != kubelet:
                 self._register(name)
+        self._serve_missing()
 
     def _retry_registrations(self) -> None:
         for name, ok in list(self.registered.items()):
@@ -319,6 +359,14 @@ class DevicePluginManager:
                 self._register(name)
 
     # -- helpers --------------------------------------------------------------------------------
+    def _kubelet_identity(self) -> tuple[int, int, int] | None:
+        """Which kubelet.sock is there: a restarted kubelet makes a new file."""
+        try:
+            st = os.stat(self.opts.kubelet_socket)
+        except OSError:
+            return None
+        return (st.st_dev, st.st_ino, st.st_ctime_ns)
+
     def _signature(self) -> tuple[int, int, int] | None:
         """What changes when the config changes, through a ConfigMap's symlink swap too."""
         try:
@@ -328,14 +376,20 @@ class DevicePluginManager:
         return (st.st_ino, st.st_mtime_ns, st.st_size)
 
     def _sync_in_use(self) -> None:
-        names = {s.resource_name for s in self.specs if not s.exclusive}
-        if not names:
-            return  # only shared (NSM-form) pools need to know what pods hold
+        """Learn what pods hold and release the rest. Shared (NSM-form) pools need it to offer a
+        VF again through the others; every pool needs it once something was allocated, or a VF
+        stays held after its pod went: counted by preferred allocation's pack/spread forever, and
+        Unhealthy ("in use through ...") in the pool it moves to when rebound or re-configured."""
+        with self.lock:
+            held_any = bool(self.states.holder)
+        if not held_any and all(s.exclusive for s in self.specs):
+            return
+        names = {s.resource_name for s in self.specs}
         try:
             held = held_devices(self.opts.pod_resources_socket, names)
         except PodResourcesError as e:
             if not self._pod_resources_warned:
-                log.warning("%s; shared pools release VFs only on restart", e)
+                log.warning("%s; allocated VFs count as in use until a restart", e)
                 self._pod_resources_warned = True
             return
         with self.lock:

@@ -85,18 +85,34 @@ class Assignment:
 
 def assign(specs: list[PoolSpec], inventory: Inventory) -> Assignment:
     """resourceList pools claim VFs first, in order, exclusively; NSM-form pools then share."""
+    return merge(specs, [assign_nic(specs, nic) for nic in inventory.nics])
+
+
+def assign_nic(specs: list[PoolSpec], nic: NIC) -> Assignment:
+    """`assign` for one NIC's VFs. NICs never affect each other's share, so a caller may keep the
+    share of a NIC that did not change (state.py does, across carrier flaps)."""
     out = Assignment(pools={s.resource_name: {} for s in specs})
-    for nic in inventory.nics:
-        for vf in nic.sriov.vfs if nic.sriov else ():
-            reasons: list[tuple[str, str]] = []
-            for spec in specs:  # config.py puts every resourceList pool before the NSM ones
-                why = selects(spec, nic, vf)
-                if why is None:
-                    out.pools[spec.resource_name][vf.pci_address] = pool_device(nic, vf)
-                    if spec.exclusive:  # a resourceList pool holds it alone, as upstream
-                        break
-                else:
-                    reasons.append((spec.resource_name, why))
-            if not any(vf.pci_address in devs for devs in out.pools.values()):
-                out.unpooled[vf.pci_address] = reasons
+    for vf in nic.sriov.vfs if nic.sriov else ():
+        reasons: list[tuple[str, str]] = []
+        for spec in specs:  # config.py puts every resourceList pool before the NSM ones
+            why = selects(spec, nic, vf)
+            if why is None:
+                out.pools[spec.resource_name][vf.pci_address] = pool_device(nic, vf)
+                if spec.exclusive:  # a resourceList pool holds it alone, as upstream
+                    break
+            else:
+                reasons.append((spec.resource_name, why))
+        if not any(vf.pci_address in devs for devs in out.pools.values()):
+            out.unpooled[vf.pci_address] = reasons
+    return out
+
+
+def merge(specs: list[PoolSpec], shares: Iterable[Assignment]) -> Assignment:
+    """Per-NIC shares (from `assign_nic`, in inventory order) as one Assignment; copies, so the
+    shares can be kept and merged again."""
+    out = Assignment(pools={s.resource_name: {} for s in specs})
+    for share in shares:
+        for name, devs in share.pools.items():
+            out.pools[name].update(devs)
+        out.unpooled.update(share.unpooled)
     return out

@@ -13,12 +13,14 @@ Health is state that flips both ways. A device is Unhealthy in a pool while:
 
 from __future__ import annotations
 
+import dataclasses
+import operator
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from deviceplugin.config import PoolSpec
-from deviceplugin.pools import Assignment, assign, selects
+from deviceplugin.pools import Assignment, assign_nic, merge, selects
 from deviceplugin.types import DeviceState, PoolDevice
 from nicinventory.model import NIC, Inventory
 
@@ -50,6 +52,12 @@ class PoolStates:
         self.holder: dict[str, str] = {}  # VF PCI address -> resource name it was allocated through
         self.allocated_at: dict[str, float] = {}
         self._nics: dict[str, NIC] = {}
+        # Each NIC's share of the assignment, kept with the NIC it came from (its link left out)
+        # and the specs it was made for: see _assign.
+        self._shares: dict[str, tuple[NIC, Assignment]] = {}
+        self._shares_specs: list[PoolSpec] = []
+        # Pool -> its last list by device, to re-use unchanged DeviceStates: see device_states.
+        self._last_states: dict[str, dict[str, DeviceState]] = {}
 
     # -- inputs ---------------------------------------------------------------------------------
     def update(self, specs: list[PoolSpec], inventory: Inventory) -> None:
@@ -57,7 +65,8 @@ class PoolStates:
         now = self.clock()
         old = self.assignment.pools
         self.specs = {s.resource_name: s for s in specs}
-        self.assignment = assign(specs, inventory)
+        self._last_states = {n: v for n, v in self._last_states.items() if n in self.specs}
+        self.assignment = self._assign(specs, inventory)
         self._nics = {n.pci_address: n for n in inventory.nics}
         present = {
             vf.pci_address: (n, vf)
@@ -86,6 +95,21 @@ class PoolStates:
         self.left = left
         for addr in [a for a, pool in self.holder.items() if pool not in self.specs]:
             self._release(addr)
+
+    def _assign(self, specs: list[PoolSpec], inventory: Inventory) -> Assignment:
+        """`assign(specs, inventory)`, re-selecting only the NICs that changed. A PF's link is no
+        input of selection, so a carrier flap (the commonest event) re-selects nothing, where a
+        1,024-VF host takes milliseconds to re-select."""
+        if specs != self._shares_specs:
+            self._shares, self._shares_specs = {}, list(specs)
+        shares: dict[str, tuple[NIC, Assignment]] = {}
+        for nic in inventory.nics:
+            key = dataclasses.replace(nic, link=None)
+            kept = self._shares.get(nic.pci_address)
+            share = kept[1] if kept is not None and kept[0] == key else assign_nic(specs, nic)
+            shares[nic.pci_address] = (key, share)
+        self._shares = shares
+        return merge(specs, [share for _, share in shares.values()])
 
     def mark_allocated(self, resource_name: str, ids: list[str]) -> None:
         now = self.clock()
@@ -125,12 +149,18 @@ class PoolStates:
         spec = self.specs.get(resource_name)
         if spec is None:
             return []
+        # push() lists every pool after every change. A device whose state did not change keeps
+        # its (immutable) DeviceState: cheaper than a new one, and comparing the list with the one
+        # last sent is then mostly identity checks.
+        prev = self._last_states.get(resource_name, {})
         out = []
         for dev in self.devices(resource_name).values():
-            out.append(self._state(spec, dev, self._health_reason(resource_name, dev)))
+            out.append(self._state(spec, dev, self._health_reason(resource_name, dev), prev))
         for x in self.left.get(resource_name, {}).values():
-            out.append(self._state(spec, x.device, x.reason))
-        return sorted(out, key=lambda s: s.id)
+            out.append(self._state(spec, x.device, x.reason, prev))
+        out.sort(key=_by_id)
+        self._last_states[resource_name] = {s.id: s for s in out}
+        return out
 
     def why_unhealthy(self, resource_name: str, addr: str) -> str | None:
         """None when the device may be allocated through this resource now."""
@@ -163,6 +193,14 @@ class PoolStates:
         return ""
 
     @staticmethod
-    def _state(spec: PoolSpec, dev: PoolDevice, reason: str) -> DeviceState:
+    def _state(
+        spec: PoolSpec, dev: PoolDevice, reason: str, prev: Mapping[str, DeviceState]
+    ) -> DeviceState:
         numa = None if spec.exclude_topology else dev.numa_node
+        old = prev.get(dev.pci_address)
+        if old is not None and old.reason == reason and old.numa_node == numa:
+            return old  # `healthy` follows from `reason`
         return DeviceState(id=dev.pci_address, healthy=not reason, numa_node=numa, reason=reason)
+
+
+_by_id = operator.attrgetter("id")
