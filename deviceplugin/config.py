@@ -27,7 +27,6 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from deviceplugin.types import ConfigError
@@ -370,6 +369,8 @@ def parse_config(text: str, where: str, default_prefix: str = DEFAULT_PREFIX) ->
     try:
         data: Any = json.loads(text)
     except ValueError:
+        import yaml  # only for YAML configs: upstream's are JSON, and the daemon stays smaller
+
         try:
             data = yaml.safe_load(text)
         except yaml.YAMLError as e:

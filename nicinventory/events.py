@@ -1,4 +1,4 @@
-"""Host event sources: kernel uevents (pyudev) and netlink link messages (pyroute2).
+"""Host event sources: kernel uevents (pyudev) and netlink link messages (rtnetlink).
 
 Each source runs in its own thread and hands plain `HostEvent`s to a callback; it never touches the
 inventory. Tests inject events through the same callback (`InventoryWatcher.inject`), so the
@@ -12,6 +12,7 @@ import logging
 import os
 import select
 import socket
+import struct
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -95,20 +96,79 @@ class UdevSource:
             )
 
 
+# rtnetlink, from <linux/rtnetlink.h> and <linux/if_link.h>: all the link messages need.
+NETLINK_ROUTE, RTMGRP_LINK = 0, 1
+RTM_NEWLINK, RTM_DELLINK = 16, 17
+IFLA_ADDRESS, IFLA_IFNAME, IFLA_MTU, IFLA_OPERSTATE, IFLA_CARRIER = 1, 3, 4, 16, 33
+_OPERSTATES = ("UNKNOWN", "NOTPRESENT", "DOWN", "LOWERLAYERDOWN", "TESTING", "DORMANT", "UP")
+_NLMSGHDR = struct.Struct("=IHHII")  # len, type, flags, seq, pid
+_IFINFOMSG_SIZE = 16  # family, pad, type, index, flags, change
+_RTATTR = struct.Struct("=HH")  # len, type
+
+
+@dataclass(frozen=True)
+class LinkMessage:
+    """One RTM_NEWLINK/RTM_DELLINK, parsed; `get`/`get_attr` answer as pyroute2's messages do."""
+
+    event: str
+    attrs: Mapping[str, Any]
+
+    def get(self, key: str) -> Any:
+        return self.event if key == "event" else None
+
+    def get_attr(self, name: str) -> Any:
+        return self.attrs.get(name)
+
+
+def parse_link_messages(data: bytes) -> list[LinkMessage]:
+    """The link messages in one netlink datagram (others skipped). Hand-parsed: pyroute2's parser
+    costs the daemons about 10 MB of resident memory for these five attributes."""
+    out: list[LinkMessage] = []
+    off = 0
+    while off + _NLMSGHDR.size <= len(data):
+        length, mtype, _, _, _ = _NLMSGHDR.unpack_from(data, off)
+        if length < _NLMSGHDR.size or off + length > len(data):
+            break
+        if mtype in (RTM_NEWLINK, RTM_DELLINK):
+            attrs: dict[str, Any] = {}
+            a, end = off + _NLMSGHDR.size + _IFINFOMSG_SIZE, off + length
+            while a + _RTATTR.size <= end:
+                alen, atype = _RTATTR.unpack_from(data, a)
+                if alen < _RTATTR.size:
+                    break
+                payload = data[a + _RTATTR.size : a + alen]
+                atype &= 0x3FFF  # without NLA_F_NESTED / NLA_F_NET_BYTEORDER
+                if atype == IFLA_IFNAME:
+                    attrs["IFLA_IFNAME"] = payload.split(b"\0", 1)[0].decode("utf-8", "replace")
+                elif atype == IFLA_MTU and len(payload) >= 4:
+                    attrs["IFLA_MTU"] = struct.unpack_from("=I", payload)[0]
+                elif atype == IFLA_OPERSTATE and payload:
+                    state = payload[0]
+                    attrs["IFLA_OPERSTATE"] = (
+                        _OPERSTATES[state] if state < len(_OPERSTATES) else str(state)
+                    )
+                elif atype == IFLA_CARRIER and payload:
+                    attrs["IFLA_CARRIER"] = payload[0]
+                elif atype == IFLA_ADDRESS and payload:
+                    attrs["IFLA_ADDRESS"] = ":".join(f"{b:02x}" for b in payload)
+                a += (alen + 3) & ~3
+            kind = "RTM_NEWLINK" if mtype == RTM_NEWLINK else "RTM_DELLINK"
+            out.append(LinkMessage(kind, attrs))
+        off += (length + 3) & ~3
+    return out
+
+
 class NetlinkSource:
     """RTM_NEWLINK / RTM_DELLINK: carrier and operstate changes, which udev does not report.
 
-    A plain rtnetlink socket, parsed with pyroute2's marshal. Not pyroute2's IPRoute: since 0.9 it
-    keeps its socket per thread, so one bound in __init__ and read in run()'s thread never sees a
-    message, and its reader buffers datagrams where select() on the fd cannot see them.
+    A plain rtnetlink socket. Not pyroute2's IPRoute: since 0.9 it keeps its socket per thread, so
+    one bound in __init__ and read in run()'s thread never sees a message, and its reader buffers
+    datagrams where select() on the fd cannot see them.
     """
 
     name = "netlink"
 
     def __init__(self, netns: str | None = None) -> None:
-        from pyroute2.netlink import NETLINK_ROUTE
-        from pyroute2.netlink.rtnl import RTMGRP_LINK
-
         self._sock = in_netns(
             netns, lambda: socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_ROUTE)
         )
@@ -116,9 +176,6 @@ class NetlinkSource:
         self._sock.bind((0, RTMGRP_LINK))
 
     def run(self, emit: Emit, stop: threading.Event) -> None:
-        from pyroute2.netlink.rtnl.marshal import MarshalRtnl
-
-        marshal = MarshalRtnl()
         try:
             while not stop.is_set():
                 ready, _, _ = select.select([self._sock], [], [], 0.5)
@@ -131,7 +188,7 @@ class NetlinkSource:
                         raise
                     log.warning("netlink socket overrun: link events lost until the next rescan")
                     continue
-                for msg in marshal.parse(data):
+                for msg in parse_link_messages(data):
                     event = self.to_event(msg)
                     if event is not None:
                         emit(event)

@@ -450,3 +450,41 @@ def test_cli_watch_on_a_missing_namespace(netns: Callable[[], str], tmp_path: Pa
     finally:
         if os.path.exists(f"/run/netns/{name}"):
             subprocess.run(["ip", "netns", "del", name], check=False)
+
+
+def test_our_link_parser_agrees_with_pyroute2(netns: Callable[[], str]) -> None:
+    """The hand-written RTM_NEWLINK parser reads a real kernel dump as pyroute2 does."""
+    import socket as socketmod
+    import struct
+
+    from pyroute2 import IPRoute
+
+    from nicinventory.events import in_netns, parse_link_messages
+
+    ns = netns()
+    ip("link", "add", "tev3", "address", PF_MAC, "mtu", "9000", "type", "veth", "peer", "name",
+       "tev3p", ns=ns)  # fmt: skip
+    sock = in_netns(ns, lambda: socketmod.socket(socketmod.AF_NETLINK, socketmod.SOCK_RAW, 0))
+    try:
+        # RTM_GETLINK dump request: nlmsghdr + ifinfomsg (AF_UNSPEC).
+        req = struct.pack("=IHHII", 32, 18, 0x301, 1, 0) + bytes(16)
+        sock.send(req)
+        ours = {}
+        while True:
+            data = sock.recv(1 << 16)
+            for m in parse_link_messages(data):
+                ours[m.get_attr("IFLA_IFNAME")] = NetlinkSource.to_event(m)
+            if struct.unpack_from("=H", data, 4)[0] == 3 or len(ours) >= 3:  # NLMSG_DONE
+                break
+    finally:
+        sock.close()
+    with IPRoute(netns=ns) as ipr:
+        theirs = {m.get_attr("IFLA_IFNAME"): NetlinkSource.to_event(m) for m in ipr.get_links()}
+    assert ours == theirs
+    assert ours["tev3"] == HostEvent(
+        source="netlink",
+        subsystem="net",
+        action="change",
+        ifname="tev3",
+        attrs={"state": "down", "carrier": False, "mtu": 9000, "mac": PF_MAC},
+    )
