@@ -146,6 +146,18 @@ def _pools(args: argparse.Namespace) -> None:
         dump(doc, args.output, sys.stdout)
 
 
+def _release_startup_garbage() -> None:
+    """Start-up (pydantic building its models, the first scan) leaves freed heap behind; give it
+    back to the OS so a long-running daemon's RSS is what it uses (about 0.7 MB here)."""
+    import contextlib
+    import ctypes
+    import gc
+
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to trim
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
 def _serve(args: argparse.Namespace) -> int:
     from deviceplugin.manager import DevicePluginManager, Options
     from deviceplugin.metrics import MetricsServer
@@ -178,6 +190,7 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         manager.start()
         started = True
+        _release_startup_garbage()
         if args.metrics_port:
             metrics_server = MetricsServer(
                 args.metrics_address, args.metrics_port, lambda: manager.ready
