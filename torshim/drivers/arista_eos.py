@@ -12,10 +12,8 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 
-from torshim import validate
 from torshim.drivers.base import register
-from torshim.drivers.cli_session import CliDriver
-from torshim.drivers.switchport import Templates, interface_block
+from torshim.drivers.switchport import SwitchportDriver, Templates, parse_running
 from torshim.errors import CommandRejected, CommitError
 from torshim.model import Changeset, PortChange, PortConfig
 
@@ -46,27 +44,15 @@ ERROR_PATTERNS = (
 
 
 @register
-class AristaEos(CliDriver):
+class AristaEos(SwitchportDriver):
     name = "arista_eos"
+    templates = TEMPLATES
+    show_interface = "show running-config interfaces {}"
     device_type = "arista_eos"
     capabilities = frozenset({"trunk", "access", "native-vlan", "candidate"})
     error_patterns = ERROR_PATTERNS
     save_command = "copy running-config startup-config"
     enable = True
-
-    def render(self, changes: Sequence[PortChange]) -> Changeset:
-        lines: list[str] = []
-        for ch in changes:
-            lines += TEMPLATES.render(ch)
-        return Changeset(self.name, tuple(changes), tuple(lines))
-
-    def read(self, ports: Sequence[str]) -> dict[str, PortConfig]:
-        ports = [validate.interface(p) for p in ports]
-        out: dict[str, PortConfig] = {}
-        for port in ports:
-            text = self.session.command(f"show running-config interfaces {port}")
-            out[port] = parse_running_interface(port, text, self.params.name)
-        return out
 
     @property
     def uses_sessions(self) -> bool:
@@ -96,7 +82,4 @@ class AristaEos(CliDriver):
 
 
 def parse_running_interface(port: str, text: str, switch: str = "switch") -> PortConfig:
-    block = interface_block(text, TEMPLATES.interface.format(port))
-    if block is None:
-        raise CommandRejected(f"{switch}: no `interface {port}` in the running config")
-    return TEMPLATES.parse(port, block)
+    return parse_running(TEMPLATES, port, text, switch)

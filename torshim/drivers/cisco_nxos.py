@@ -7,14 +7,9 @@ push and the touched ports are sent back to their before-state (CliDriver.restor
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
-from torshim import validate
 from torshim.drivers.base import register
-from torshim.drivers.cli_session import CliDriver
-from torshim.drivers.switchport import Templates, interface_block
-from torshim.errors import CommandRejected
-from torshim.model import Changeset, PortChange, PortConfig
+from torshim.drivers.switchport import SwitchportDriver, Templates, parse_running
+from torshim.model import PortConfig
 
 TEMPLATES = Templates(
     interface="interface {}",
@@ -43,33 +38,15 @@ ERROR_PATTERNS = (
 
 
 @register
-class CiscoNxos(CliDriver):
+class CiscoNxos(SwitchportDriver):
     name = "cisco_nxos"
+    templates = TEMPLATES
+    show_interface = "show running-config interface {}"
     device_type = "cisco_nxos"
     capabilities = frozenset({"trunk", "access", "native-vlan"})
     error_patterns = ERROR_PATTERNS
     save_command = "copy running-config startup-config"
 
-    def render(self, changes: Sequence[PortChange]) -> Changeset:
-        lines: list[str] = []
-        for ch in changes:
-            lines += TEMPLATES.render(ch)
-        return Changeset(self.name, tuple(changes), tuple(lines))
-
-    def read(self, ports: Sequence[str]) -> dict[str, PortConfig]:
-        ports = [validate.interface(p) for p in ports]
-        out: dict[str, PortConfig] = {}
-        for port in ports:
-            text = self.session.command(f"show running-config interface {port}")
-            out[port] = parse_running_interface(port, text, self.params.name)
-        return out
-
-    def send(self, changeset: Changeset) -> None:
-        self.session.config(changeset.lines)
-
 
 def parse_running_interface(port: str, text: str, switch: str = "switch") -> PortConfig:
-    block = interface_block(text, TEMPLATES.interface.format(port))
-    if block is None:
-        raise CommandRejected(f"{switch}: no `interface {port}` in the running config")
-    return TEMPLATES.parse(port, block)
+    return parse_running(TEMPLATES, port, text, switch)

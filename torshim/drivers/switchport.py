@@ -9,13 +9,15 @@ parser reads exactly what the renderer writes.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
+from typing import ClassVar
 
 from torshim import validate
-from torshim.errors import ValidationError
-from torshim.model import Mode, PortChange, PortConfig
+from torshim.drivers.cli_session import CliDriver
+from torshim.errors import CommandRejected, ValidationError
+from torshim.model import Changeset, Mode, PortChange, PortConfig
 
 ALL_VLANS = frozenset(range(validate.VLAN_MIN, validate.VLAN_MAX + 1))
 
@@ -177,3 +179,35 @@ def interface_block(text: str, header: str) -> str | None:
                 break
             out.append(line)
     return "\n".join(out) if inside else None
+
+
+class SwitchportDriver(CliDriver):
+    """The IOS-style flavours (ios, nxos, eos): render, read and send driven by the vendor's
+    `templates` and `show_interface` command, both set in the vendor's own file."""
+
+    templates: ClassVar[Templates]
+    show_interface: ClassVar[str]  # e.g. "show running-config interface {}"
+
+    def render(self, changes: Sequence[PortChange]) -> Changeset:
+        lines: list[str] = []
+        for ch in changes:
+            lines += self.templates.render(ch)
+        return Changeset(self.name, tuple(changes), tuple(lines))
+
+    def read(self, ports: Sequence[str]) -> dict[str, PortConfig]:
+        out: dict[str, PortConfig] = {}
+        for port in [validate.interface(p) for p in ports]:
+            text = self.session.command(self.show_interface.format(port))
+            out[port] = parse_running(self.templates, port, text, self.params.name)
+        return out
+
+    def send(self, changeset: Changeset) -> None:
+        self.session.config(changeset.lines)
+
+
+def parse_running(templates: Templates, port: str, text: str, switch: str = "switch") -> PortConfig:
+    """One port's config from `show running-config interface <port>` output."""
+    block = interface_block(text, templates.interface.format(port))
+    if block is None:
+        raise CommandRejected(f"{switch}: no `interface {port}` in the running config")
+    return templates.parse(port, block)
