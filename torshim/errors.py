@@ -42,3 +42,24 @@ class VerifyError(ShimError):
 
 class UnsupportedError(ShimError):
     """The driver (or the switch) cannot do what was asked, e.g. a mode it does not model."""
+
+
+class StoreError(ShimError):
+    """The embedded state store cannot be opened, migrated or written, or a write contradicts
+    what it holds (the same connection id for another port or service)."""
+
+
+class AddressExhausted(ShimError):
+    """A service's subnet has no free address left to lease; the message names both."""
+
+
+class CircuitOpen(ShimError):
+    """The switch failed too many transactions in a row; requests fail fast until the cool-down."""
+
+
+class DeadlineExceeded(ShimError):
+    """The request's deadline passed before a transaction could carry it; nothing was applied."""
+
+
+class WorkerStopped(ShimError):
+    """The switch's worker was stopped before the request ran; nothing was applied."""
