@@ -31,27 +31,18 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from deviceplugin.types import ConfigError
 from nicinventory.model import PCI_ADDRESS_RE
+from nicinventory.ranges import parse_ranges
 
 DEFAULT_PREFIX = "intel.com"  # the SR-IOV network device plugin's --resource-prefix default
 # Kubernetes extended resource names: a DNS subdomain prefix and a name of [A-Za-z0-9_.-].
 _NAME_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9_.-]{0,61}[A-Za-z0-9])?$")
 _PREFIX_RE = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*$")
 _HEX4_RE = re.compile(r"^[0-9a-fA-F]{4}$")
-_RANGE_RE = re.compile(r"^(\d+)(?:-(\d+))?$")
 
 
 def parse_vf_ranges(text: str) -> frozenset[int]:
     """`0,2-7` -> {0, 2, 3, 4, 5, 6, 7}, as after `#` in pfNames / rootDevices."""
-    out: set[int] = set()
-    for part in text.split(","):
-        m = _RANGE_RE.match(part.strip())
-        if not m:
-            raise ValueError(f"bad VF range {part.strip()!r} (want N or N-M)")
-        lo, hi = int(m.group(1)), int(m.group(2) or m.group(1))
-        if hi < lo:
-            raise ValueError(f"bad VF range {part.strip()!r}: end before start")
-        out.update(range(lo, hi + 1))
-    return frozenset(out)
+    return frozenset(parse_ranges(text, "VF"))
 
 
 @dataclass(frozen=True)

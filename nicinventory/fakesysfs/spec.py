@@ -16,7 +16,6 @@ other_devices:                       # non-network PCI functions, which discover
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
@@ -28,23 +27,14 @@ from nicinventory.catalog import MODELS
 from nicinventory.errors import ConfigError
 from nicinventory.fakesysfs.builder import BuiltPF, FakeSysfs, PFSpec, VFSpec
 from nicinventory.model import PCI_ADDRESS_RE, TorPort
+from nicinventory.ranges import parse_ranges
 
 BINDINGS = ("netdev", "vfio", "unbound")
-_RANGE_RE = re.compile(r"^(\d+)(?:-(\d+))?$")
 
 
 def parse_index_ranges(text: str) -> list[int]:
     """`0,2-7` -> [0, 2, 3, 4, 5, 6, 7]; raises ValueError on anything else."""
-    out: list[int] = []
-    for part in str(text).split(","):
-        m = _RANGE_RE.match(part.strip())
-        if not m:
-            raise ValueError(f"bad index range {part.strip()!r} (want N or N-M)")
-        lo, hi = int(m.group(1)), int(m.group(2) or m.group(1))
-        if hi < lo:
-            raise ValueError(f"bad index range {part.strip()!r}: end before start")
-        out.extend(range(lo, hi + 1))
-    return out
+    return parse_ranges(text, "index")
 
 
 class TorSpec(BaseModel):

@@ -38,10 +38,11 @@ from typing import ClassVar, Literal
 from lxml import etree
 
 from torshim import validate
-from torshim.drivers.base import SwitchDriver, SwitchParams, register
-from torshim.errors import ShimError, UnsupportedError, ValidationError
+from torshim.drivers.base import register
+from torshim.drivers.netconf_driver import NetconfDriver
+from torshim.errors import ShimError, UnsupportedError
 from torshim.model import Changeset, PortChange, PortConfig
-from torshim.netconf import NetconfSession, verify_read_back
+from torshim.netconf import verify_read_back
 
 log = logging.getLogger(__name__)
 
@@ -200,38 +201,14 @@ def parse_ports(data: etree._Element, ports: Sequence[str]) -> dict[str, PortCon
 
 
 @register
-class JunosDriver(SwitchDriver):
+class JunosDriver(NetconfDriver):
     name: ClassVar[str] = "junos"
-    transport: ClassVar[Literal["netconf", "cli"]] = "netconf"
-    capabilities: ClassVar[frozenset[str]] = frozenset(
-        {"trunk", "access", "native-vlan", "confirmed-commit", "candidate"}
-    )
+    device_params = DEVICE_PARAMS
+    render_xml = staticmethod(render_configuration)
+    read_filter = staticmethod(read_filter)
+    parse_ports = staticmethod(parse_ports)
 
-    def __init__(self, params: SwitchParams, session: NetconfSession | None = None) -> None:
-        super().__init__(params)
-        self._session = session
-
-    @property
-    def session(self) -> NetconfSession:
-        if self._session is None:
-            self._session = NetconfSession(self.params, DEVICE_PARAMS)
-        return self._session
-
-    def render(self, changes: Sequence[PortChange]) -> Changeset:
-        changes = tuple(ch for ch in changes if not ch.empty)
-        return Changeset(self.name, changes, xml=render_configuration(changes))
-
-    def read(self, ports: Sequence[str]) -> dict[str, PortConfig]:
-        ports = [validate.interface(p) for p in ports]
-        if not ports:
-            return {}
-        return parse_ports(self.session.get_config(read_filter(ports)), ports)
-
-    def apply(self, changeset: Changeset) -> None:
-        if changeset.driver != self.name:
-            raise ValidationError(f"a {changeset.driver} changeset given to the {self.name} driver")
-        if changeset.empty:
-            return
+    def commit(self, changeset: Changeset) -> None:
         s = self.session
         parser = etree.XMLParser(remove_blank_text=True)
         interfaces = etree.fromstring(changeset.xml.encode(), parser)[0]

@@ -32,10 +32,11 @@ from typing import ClassVar, Literal
 from lxml import etree
 
 from torshim import validate
-from torshim.drivers.base import SwitchDriver, SwitchParams, register
-from torshim.errors import UnsupportedError, ValidationError
+from torshim.drivers.base import register
+from torshim.drivers.netconf_driver import NetconfDriver
+from torshim.errors import UnsupportedError
 from torshim.model import Changeset, PortChange, PortConfig
-from torshim.netconf import NetconfSession, verify_read_back
+from torshim.netconf import verify_read_back
 
 NC = "urn:ietf:params:xml:ns:netconf:base:1.0"
 OC_IF = "http://openconfig.net/yang/interfaces"
@@ -163,45 +164,15 @@ def parse_ports(data: etree._Element, ports: Sequence[str]) -> dict[str, PortCon
 
 
 @register
-class OpenConfigDriver(SwitchDriver):
+class OpenConfigDriver(NetconfDriver):
     name: ClassVar[str] = "openconfig"
-    transport: ClassVar[Literal["netconf", "cli"]] = "netconf"
-    capabilities: ClassVar[frozenset[str]] = frozenset(
-        {"trunk", "access", "native-vlan", "confirmed-commit", "candidate"}
-    )
+    render_xml = staticmethod(render_config)
+    read_filter = staticmethod(read_filter)
+    parse_ports = staticmethod(parse_ports)
 
-    def __init__(self, params: SwitchParams, session: NetconfSession | None = None) -> None:
-        super().__init__(params)
-        self._session = session
-
-    @property
-    def session(self) -> NetconfSession:
-        """Opened on first use and kept (reconnected when it died)."""
-        if self._session is None:
-            self._session = NetconfSession(self.params)
-        return self._session
-
-    def render(self, changes: Sequence[PortChange]) -> Changeset:
-        changes = tuple(ch for ch in changes if not ch.empty)
-        return Changeset(self.name, changes, xml=render_config(changes))
-
-    def read(self, ports: Sequence[str]) -> dict[str, PortConfig]:
-        ports = [validate.interface(p) for p in ports]  # before any session opens
-        if not ports:
-            return {}
-        return parse_ports(self.session.get_config(read_filter(ports)), ports)
-
-    def apply(self, changeset: Changeset) -> None:
-        if changeset.driver != self.name:
-            raise ValidationError(f"a {changeset.driver} changeset given to the {self.name} driver")
-        if changeset.empty:
-            return
+    def commit(self, changeset: Changeset) -> None:
         self.session.edit(
             changeset.xml,
             verify=lambda: verify_read_back(self, changeset),
             default_operation="none",
         )
-
-    def close(self) -> None:
-        if self._session is not None:
-            self._session.close()
