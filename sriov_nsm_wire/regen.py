@@ -13,6 +13,7 @@ import sys
 
 def main(argv: list[str] | None = None) -> int:
     """`--out DIR` writes elsewhere (the test that checks the committed code is current)."""
+    import grpc_tools
     from grpc_tools import protoc  # a development dependency only
 
     args_in = sys.argv[1:] if argv is None else argv
@@ -22,6 +23,8 @@ def main(argv: list[str] | None = None) -> int:
     args = [
         "protoc",
         f"-I{src}",
+        # google/protobuf/*.proto (Empty, Timestamp) ship inside grpc_tools
+        f"-I{pathlib.Path(grpc_tools.__file__).parent / '_proto'}",
         f"--python_out={repo}",
         f"--pyi_out={repo}",
         f"--grpc_python_out={repo}",

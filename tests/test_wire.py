@@ -40,3 +40,52 @@ def test_services_and_fields_are_kubelets() -> None:
     assert fields == {"type": 1, "name": 2, "endpoint": 3, "supported_versions": 4}
     fields = {f.name: f.number for f in pr.ContainerDevices.DESCRIPTOR.fields}
     assert fields == {"resource_name": 1, "device_ids": 2, "topology": 3}
+
+
+def test_nsm_and_cri_names_are_upstreams() -> None:
+    """NSM clients and container runtimes dial these full names; field numbers must not move."""
+    from sriov_nsm_wire.cri.runtime.v1 import api_pb2 as cri
+    from sriov_nsm_wire.networkservice import networkservice_pb2 as ns
+    from sriov_nsm_wire.registry import registry_pb2 as rg
+
+    assert ns.DESCRIPTOR.services_by_name["NetworkService"].full_name == (
+        "networkservice.NetworkService"
+    )
+    assert ns.DESCRIPTOR.services_by_name["MonitorConnection"].full_name == (
+        "networkservice.MonitorConnection"
+    )
+    assert rg.DESCRIPTOR.services_by_name["NetworkServiceEndpointRegistry"].full_name == (
+        "registry.NetworkServiceEndpointRegistry"
+    )
+    assert (
+        cri.DESCRIPTOR.services_by_name["RuntimeService"].full_name == "runtime.v1.RuntimeService"
+    )
+    fields = {f.name: f.number for f in ns.Connection.DESCRIPTOR.fields}
+    assert fields == {
+        "id": 1,
+        "network_service": 2,
+        "mechanism": 3,
+        "context": 4,
+        "labels": 5,
+        "path": 6,
+        "network_service_endpoint_name": 7,
+        "payload": 8,
+        "state": 9,
+    }
+    fields = {f.name: f.number for f in ns.ConnectionContext.DESCRIPTOR.fields}
+    assert fields == {
+        "ip_context": 1,
+        "dns_context": 2,
+        "ethernet_context": 3,
+        "extra_context": 4,
+        "MTU": 5,
+    }
+    fields = {f.name: f.number for f in rg.NetworkServiceEndpoint.DESCRIPTOR.fields}
+    assert fields["url"] == 4 and fields["expiration_time"] == 5
+    fields = {f.name: f.number for f in cri.PodSandboxStatus.DESCRIPTOR.fields}
+    assert fields["linux"] == 6 and fields["network"] == 5
+    assert {f.name: f.number for f in cri.PodSandboxStatusResponse.DESCRIPTOR.fields} == {
+        "status": 1,
+        "info": 2,
+        "timestamp": 4,
+    }
