@@ -15,12 +15,13 @@ from collections.abc import Callable
 
 from rich.table import Table
 
-from benchmarks import Metric, bench_deviceplugin, bench_discovery
+from benchmarks import Metric, bench_deviceplugin, bench_discovery, bench_torshim
 from nicinventory.render import console as make_console
 
 BENCHMARKS: dict[str, Callable[[bool], list[Metric]]] = {
     "discovery": bench_discovery.run,
     "deviceplugin": bench_deviceplugin.run,
+    "torshim": bench_torshim.run,
 }
 
 

@@ -1,4 +1,6 @@
-"""`torshim`: the TOR shim's command line. `render` shows what a driver would send, touching nothing;
+"""`torshim`: the TOR shim's command line. `serve` runs the NetworkService endpoint; `apply`/`release`
+put a service on a port by hand; `show` prints connections and ports; `audit [--fix]` compares the
+switches with what they should carry; `render` shows what a driver would send, touching nothing;
 `drivers` lists the switch flavours; `check-config` validates a config file and summarises it."""
 
 from __future__ import annotations
@@ -13,10 +15,18 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table as _RichTable
 
-from torshim import validate
+from torshim import ops, validate
 from torshim.config import ShimConfig, load_config, vlan_ranges
 from torshim.drivers.base import SwitchDriver, SwitchParams, driver_class, driver_names
-from torshim.errors import ShimError, ValidationError
+from torshim.errors import (
+    ConfigError,
+    ConflictError,
+    NotFoundError,
+    PolicyError,
+    ShimError,
+    UnsupportedError,
+    ValidationError,
+)
 from torshim.model import Changeset, PortChange, PortConfig
 
 PROG = "torshim"
@@ -78,6 +88,33 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("check-config", help="validate a config file and summarise it")
     c.add_argument("--config", required=True, metavar="FILE")
     c.add_argument("-o", "--output", choices=FORMATS, default="table")
+
+    s = sub.add_parser("serve", help="run the NetworkService endpoint (gRPC), metrics, reconcile")
+    s.add_argument("--config", required=True, metavar="FILE")
+    s.add_argument("--listen", help="gRPC address, unix:///path or host:port (default: config)")
+    s.add_argument("--metrics", help="host:port of /metrics and /readyz; '' turns it off")
+    s.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    s.add_argument("--log-format", default="text", choices=["text", "json"])
+
+    for name, what in (("apply", "put a service on a port"), ("release", "take it off again")):
+        a = sub.add_parser(name, help=f"{what} by hand (reference counted with pods' connections)")
+        a.add_argument("--config", required=True, metavar="FILE")
+        a.add_argument("--switch", required=True)
+        a.add_argument("--port", required=True)
+        a.add_argument("--service", required=True, help="name or name@domain")
+        if name == "apply":
+            a.add_argument("--mode", choices=["trunk", "access"], default="trunk")
+        a.add_argument("-o", "--output", choices=FORMATS, default="table")
+
+    sh = sub.add_parser("show", help="connections, leases and managed ports in the store")
+    sh.add_argument("--config", required=True, metavar="FILE")
+    sh.add_argument("-o", "--output", choices=FORMATS, default="table")
+
+    au = sub.add_parser("audit", help="compare the switches with the store; --fix repairs")
+    au.add_argument("--config", required=True, metavar="FILE")
+    au.add_argument("--switch", help="only this switch")
+    au.add_argument("--fix", action="store_true", help="converge drifted and leftover ports")
+    au.add_argument("-o", "--output", choices=FORMATS, default="table")
     return p
 
 
@@ -248,7 +285,124 @@ def _check_config(args: argparse.Namespace) -> None:
         c.print(t)
 
 
+# -- apply, release, show, audit ------------------------------------------------------------------
+
+
+def _apply_release(args: argparse.Namespace) -> None:
+    doc = ops.apply(args) if args.command == "apply" else ops.release(args)
+    if args.output != "table":
+        dump(doc, args.output, sys.stdout)
+        return
+    after = ops.port_text(PortConfig(doc["port"], **doc["port_config"]))
+    verb = "applied" if args.command == "apply" else "released"
+    print(
+        f"{verb} {doc['service']} on {doc['switch']} {doc['port']}: port is now {after}; "
+        f"{doc['users']} connection(s) use the service there"
+    )
+
+
+def _show(args: argparse.Namespace) -> None:
+    doc = ops.show(args)
+    if args.output != "table":
+        dump(doc, args.output, sys.stdout)
+        return
+    t = Table(title=f"{len(doc['connections'])} connections", title_justify="left")
+    for col in (
+        "ID",
+        "SERVICE",
+        "SWITCH",
+        "PORT",
+        "MODE",
+        "NODE",
+        "PF",
+        "VF",
+        "NAMESPACE",
+        "ADDRESS",
+    ):
+        t.add_column(col, no_wrap=col != "ID")
+    for c in doc["connections"]:
+        t.add_row(
+            c["id"],
+            c["service"],
+            c["switch"],
+            c["port"],
+            c["mode"],
+            c["node"],
+            c["pf"] or "-",
+            c["vf"] or "-",
+            c["namespace"] or "-",
+            c["address"] or "-",
+        )
+    ports = Table(title=f"{len(doc['ports'])} managed ports", title_justify="left")
+    for col in ("SWITCH", "PORT", "DESIRED", "LAST APPLIED", "IN SYNC", "USERS"):
+        ports.add_column(col, no_wrap=True)
+    for p in doc["ports"]:
+        cfg = {k: p[k] for k in ("desired", "applied")}
+        text = {k: ops.port_text(PortConfig(p["port"], **v)) if v else "-" for k, v in cfg.items()}
+        users = ", ".join(f"{s} ×{n}" for s, n in sorted(p["users"].items())) or "-"
+        ports.add_row(
+            p["switch"],
+            p["port"],
+            text["desired"],
+            text["applied"],
+            "yes" if p["in_sync"] else "NO",
+            users,
+        )
+    c = console()
+    c.print(t)
+    c.print(ports)
+
+
+def _audit(args: argparse.Namespace) -> int:
+    err = console(sys.stderr)
+    status = err.status("auditing") if sys.stderr.isatty() and args.output == "table" else None
+    if status is not None:
+        status.start()
+    try:
+        reports = ops.audit(args, progress=(status.update if status is not None else None))
+    finally:
+        if status is not None:
+            status.stop()
+    dirty = [r for r in reports if r.status not in ops.CLEAN]
+    if args.output != "table":
+        dump(
+            {"ports": [ops.report_dict(r) for r in reports], "clean": not dirty},
+            args.output,
+            sys.stdout,
+        )
+        return 1 if dirty else 0
+    t = Table(title=f"audit of {len(reports)} ports", title_justify="left")
+    for col in ("SWITCH", "PORT", "STATUS", "DESIRED", "ACTUAL", "CONNS", "DETAIL"):
+        t.add_column(col, no_wrap=col != "DETAIL")
+    style = {"ok": "green", "fixed": "yellow"}
+    for r in reports:
+        t.add_row(
+            r.switch,
+            r.port,
+            f"[{style.get(r.status, 'bold red')}]{r.status}[/]",
+            ops.port_text(r.desired) if r.desired else "-",
+            ops.port_text(r.actual),
+            str(r.connections),
+            r.detail,
+        )
+    console().print(t)
+    if dirty:
+        hint = "" if args.fix else "; run with --fix to repair"
+        print(f"{PROG}: {len(dirty)} port(s) not as they should be{hint}", file=sys.stderr)
+    return 1 if dirty else 0
+
+
 # -- main -----------------------------------------------------------------------------------------
+
+# The caller's mistake (exit 2) rather than the switch's or the machine's (exit 1).
+USER_ERRORS = (
+    ValidationError,
+    ConfigError,
+    NotFoundError,
+    PolicyError,
+    ConflictError,
+    UnsupportedError,
+)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -258,11 +412,22 @@ def main(argv: list[str] | None = None) -> int:
             _render(args)
         elif args.command == "drivers":
             _drivers(args)
+        elif args.command == "serve":
+            return ops.serve(args)
+        elif args.command in ("apply", "release"):
+            _apply_release(args)
+        elif args.command == "show":
+            _show(args)
+        elif args.command == "audit":
+            return _audit(args)
         else:
             _check_config(args)
     except ShimError as e:
         print(f"{PROG}: error: {' '.join(str(e).split())}", file=sys.stderr)
-        return 2
+        return 2 if isinstance(e, USER_ERRORS) else 1
+    except OSError as e:  # a socket that cannot be bound, a store directory not writable
+        print(f"{PROG}: error: {' '.join(str(e).split())}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:

@@ -32,7 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationInfo
 
 from torshim import validate
 from torshim.drivers.base import SwitchParams, driver_class, driver_names
-from torshim.errors import ConfigError, ShimError
+from torshim.errors import ConfigError, NotFoundError, ShimError
 
 DEFAULT_STORE = "/var/lib/sriov-nsm/torshim.db"
 DEFAULT_PORTS = {"netconf": 830, "cli": 22}
@@ -43,10 +43,6 @@ NAMESPACE_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")  # a Kubernet
 USERNAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._@-]{0,63}$")
 INLINE_SECRET_RE = re.compile(r"pass(word|phrase)|secret", re.IGNORECASE)
 T = TypeVar("T")
-
-
-class NotFoundError(ShimError):
-    """No switch or service by that name in the config. (Belongs in torshim.errors.)"""
 
 
 class FieldError(ValueError):
@@ -138,6 +134,9 @@ class SwitchConfig(_Model):
     command_timeout: float = Field(default=30.0, gt=0)
     confirm_timeout: int = Field(default=60, gt=0, le=65535)
     max_sessions: int = Field(default=1, ge=1, le=64)
+    # A port with no connection left: access in this VLAN (a black hole) if set, else a trunk
+    # without VLANs. Set it on OpenConfig switches, where a trunk without trunk-vlans carries all.
+    parking_vlan: int | None = None
     options: dict[str, Any] = Field(default_factory=dict)  # vendor pass-through, given as is
 
     @pydantic.model_validator(mode="before")
@@ -163,6 +162,11 @@ class SwitchConfig(_Model):
         if v not in known:
             raise ValueError(f"unknown driver {v!r}; known: {', '.join(known) or '(none)'}")
         return v
+
+    @pydantic.field_validator("parking_vlan", mode="before")
+    @classmethod
+    def _parking(cls, v: Any) -> int | None:
+        return None if v is None else _checked(validate.vlan, v)
 
     @pydantic.field_validator("host")
     @classmethod
@@ -417,7 +421,54 @@ class StoreConfig(_Model):
         return v if v == ":memory:" else str(_path(v, info))
 
 
+class ServerConfig(_Model):
+    """`torshim serve`: where it listens and how often it checks the switches."""
+
+    name: str = "torshim"  # the endpoint name put in answered connections' path
+    listen: str = "unix:///run/sriov-nsm/torshim.sock"  # gRPC: unix:///path or host:port
+    metrics: str = "127.0.0.1:9103"  # /metrics, /readyz, /healthz; "" turns it off
+    request_timeout: float = Field(default=30.0, gt=0)  # when the caller gives no deadline
+    reconcile_interval: float = Field(default=300.0, ge=0)  # 0: only on start and reconnect
+
+    @pydantic.field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        return _checked(validate.name, v, "endpoint name")
+
+    @pydantic.field_validator("listen")
+    @classmethod
+    def _listen(cls, v: str) -> str:
+        if v.startswith("unix://"):
+            path = v.removeprefix("unix://")
+            if not path.startswith("/") or len(path.encode()) > 107:
+                raise ValueError("unix:// needs an absolute socket path of at most 107 bytes")
+            return v
+        host_port(v)
+        return v
+
+    @pydantic.field_validator("metrics")
+    @classmethod
+    def _metrics(cls, v: str) -> str:
+        if v:
+            host_port(v)
+        return v
+
+
+def host_port(v: str) -> tuple[str, int]:
+    host, sep, port = v.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) < 65536:  # 0: any free port
+        raise ValueError(f"{v!r} is not host:port")
+    host = host.strip("[]")
+    if host:
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            _match(DOMAIN_RE, host, "host")
+    return host, int(port)
+
+
 class ShimConfig(_Model):
+    server: ServerConfig = Field(default_factory=ServerConfig)
     switches: list[SwitchConfig] = Field(default_factory=list)
     port_map: list[PortMapEntry] = Field(default_factory=list)
     services: list[Service] = Field(default_factory=list)
@@ -445,6 +496,13 @@ class ShimConfig(_Model):
         )
         _unique("services", "name", [(s.name, repr(s.name)) for s in self.services])
         _unique("services", "vlan", [(s.vlan, f"VLAN {s.vlan}") for s in self.services])
+        service_vlans = {s.vlan: s.name for s in self.services}
+        for i, sw in enumerate(self.switches):
+            if sw.parking_vlan in service_vlans:
+                raise FieldError(
+                    f"switches.{i}.parking_vlan",
+                    f"VLAN {sw.parking_vlan} is service {service_vlans[sw.parking_vlan]!r}'s",
+                )
         allowed = vlan_ranges(rails.allowed_vlans)
         for i, s in enumerate(self.services):
             if s.vlan not in rails.allowed_vlans:

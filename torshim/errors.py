@@ -63,3 +63,16 @@ class DeadlineExceeded(ShimError):
 
 class WorkerStopped(ShimError):
     """The switch's worker was stopped before the request ran; nothing was applied."""
+
+
+class PolicyError(ShimError):
+    """The caller may not use this service (its Kubernetes namespace is not allowed); nothing done."""
+
+
+class ConflictError(ShimError):
+    """The request contradicts what the port already carries (a whole-port attachment of another
+    service, or an id reused for something else); nothing done."""
+
+
+class NotFoundError(ShimError):
+    """A switch, service, port-map entry or connection the request names does not exist."""

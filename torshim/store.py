@@ -62,9 +62,11 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE TABLE counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL)",
         "INSERT INTO counters (name, value) VALUES ('generation', 0)",
     ),
+    # 2: how the connection uses its port: "trunk" (a VF; the NIC tags it) or "access" (the port).
+    ("ALTER TABLE connections ADD COLUMN mode TEXT NOT NULL DEFAULT 'trunk'",),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
-_CONN_COLUMNS = "id, service, switch, port, node, pf, vf_pci, namespace, created, generation"
+_CONN_COLUMNS = "id, service, switch, port, node, pf, vf_pci, namespace, created, generation, mode"
 
 
 @dataclass(frozen=True)
@@ -82,6 +84,7 @@ class Connection:
     namespace: str = ""
     created: float = 0.0
     generation: int = 0
+    mode: str = "trunk"  # "trunk": a VF on a PF port; "access": the whole port
 
     def same_as(self, other: Connection) -> bool:
         """Equal apart from the store's bookkeeping: a repeated Request, not a different one."""
@@ -89,7 +92,7 @@ class Connection:
 
 
 def _identity(c: Connection) -> tuple[Any, ...]:
-    return (c.id, c.service, c.switch, c.port, c.node, c.pf, c.vf_pci, c.namespace)
+    return (c.id, c.service, c.switch, c.port, c.node, c.pf, c.vf_pci, c.namespace, c.mode)
 
 
 @dataclass(frozen=True)
@@ -237,7 +240,8 @@ class Store:
             first = self._count(db, conn.switch, conn.port, conn.service) == 0
             generation = self._bump(db)
             db.execute(
-                f"INSERT INTO connections ({_CONN_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO connections (id, service, switch, port, node, pf, vf_pci, namespace, "
+                "mode, created, generation) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (*_identity(conn), self._clock(), generation),
             )
             return first

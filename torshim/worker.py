@@ -33,6 +33,7 @@ import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from typing import Any
 
 from torshim.drivers.base import SwitchDriver
 from torshim.errors import (
@@ -40,6 +41,7 @@ from torshim.errors import (
     CommandRejected,
     ConnectError,
     DeadlineExceeded,
+    ShimError,
     TransientError,
     UnsupportedError,
     ValidationError,
@@ -142,6 +144,12 @@ class _Request:
     future: Future[ApplyResult]
 
 
+@dataclass
+class _Call:
+    fn: Callable[[SwitchDriver], Any]
+    future: Future[Any]
+
+
 class SwitchWorker:
     """The one thread that talks to one switch. See the module docstring for the semantics."""
 
@@ -159,8 +167,10 @@ class SwitchWorker:
         self._driver: SwitchDriver | None = None
         self._cond = threading.Condition()
         self._pending: list[_Request] = []
+        self._calls: list[_Call] = []
         self._stopping = threading.Event()
         self.transactions = 0  # converge attempts made, for metrics and tests
+        self.sessions = 0  # drivers (sessions) made: a rise means a reconnect, so reconcile
         self._thread = threading.Thread(target=self._run, name=f"torshim-{name}", daemon=True)
         self._thread.start()
 
@@ -184,6 +194,18 @@ class SwitchWorker:
             with self._cond:
                 self._pending.append(_Request(dict(desired), deadline, fut))
                 self._cond.notify()
+        return fut
+
+    def call(self, fn: Callable[[SwitchDriver], Any]) -> Future[Any]:
+        """Run `fn(driver)` on the worker's thread and session, between transactions (a read for
+        an audit, say). Its exception goes to the future; a ConnectError drops the session."""
+        fut: Future[Any] = Future()
+        if self._stopping.is_set():
+            fut.set_exception(WorkerStopped(f"{self.name}: worker stopped"))
+            return fut
+        with self._cond:
+            self._calls.append(_Call(fn, fut))
+            self._cond.notify()
         return fut
 
     def stop(self, timeout: float | None = 30.0) -> None:
@@ -211,11 +233,14 @@ class SwitchWorker:
         try:
             while True:
                 with self._cond:
-                    while not self._pending and not self._stopping.is_set():
+                    while not self._pending and not self._calls and not self._stopping.is_set():
                         self._cond.wait()
                     if self._stopping.is_set():
                         break
+                    calls, self._calls = self._calls, []
                     batch, self._pending = self._pending, []
+                for c in calls:
+                    self._run_call(c)
                 batch = [r for r in batch if r.future.set_running_or_notify_cancel()]
                 if batch:
                     try:
@@ -230,7 +255,8 @@ class SwitchWorker:
         finally:
             with self._cond:
                 left, self._pending = self._pending, []
-            for r in left:
+                left_calls, self._calls = self._calls, []
+            for r in [*left, *left_calls]:
                 if r.future.set_running_or_notify_cancel():
                     r.future.set_exception(WorkerStopped(f"{self.name}: worker stopped"))
             self._flush()
@@ -292,9 +318,20 @@ class SwitchWorker:
                     r.future.set_result(result)
                 return
 
+    def _run_call(self, c: _Call) -> None:
+        if not c.future.set_running_or_notify_cancel():
+            return
+        try:
+            c.future.set_result(c.fn(self._get_driver()))
+        except BaseException as e:
+            if isinstance(e, ConnectError) or not isinstance(e, ShimError):
+                self._drop_driver()  # the session's state is unknown
+            c.future.set_exception(e)
+
     def _get_driver(self) -> SwitchDriver:
         if self._driver is None:
             self._driver = self._factory()
+            self.sessions += 1
         return self._driver
 
     def _drop_driver(self) -> None:

@@ -538,20 +538,6 @@ def testhello_probe_nudges_once_then_gives_up() -> None:
 
 
 # -- against a real netconfd -------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def server() -> Iterator[NetconfServer]:
-    with running_server("candidate") as s:
-        yield s
-
-
-@pytest.fixture(scope="module")
-def admin(server: NetconfServer) -> Iterator[NetconfSession]:
-    """A session of the test's own, to reset and to look at the switch."""
-    s = NetconfSession(server.params())
-    yield s
-    s.close()
-
-
 RESET = (
     '<nc:config xmlns:nc="urn:ietf:params:xml:ns:netconf:base:1.0">'
     '<interfaces xmlns="http://openconfig.net/yang/interfaces">{}</interfaces></nc:config>'

@@ -217,3 +217,27 @@ def test_concurrent_adds_lose_nothing(db: Path, shared: bool) -> None:
     assert check.refcounts() == {}
     for s in set(stores):
         s.close()
+
+
+def test_a_version_1_file_is_migrated_and_keeps_its_connections(tmp_path: Path) -> None:
+    """Connections stored before the `mode` column existed read back as trunk (VF) connections."""
+    import sqlite3
+
+    from torshim.store import MIGRATIONS
+
+    path = str(tmp_path / "v1.db")
+    db = sqlite3.connect(path)
+    db.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+    for sql in MIGRATIONS[0]:
+        db.execute(sql)
+    db.execute("INSERT INTO schema_version (version) VALUES (1)")
+    db.execute(
+        "INSERT INTO connections VALUES ('c1', 'red', 'tor1', 'Ethernet1/1', 'node-a', 'ens1f0', "
+        "'0000:3b:02.0', 'red', 1.0, 1)"
+    )
+    db.commit()
+    db.close()
+    with Store(path) as store:
+        assert store.schema_version() == len(MIGRATIONS)
+        (c,) = store.connections()
+        assert c.id == "c1" and c.mode == "trunk" and c.vf_pci == "0000:3b:02.0"
