@@ -264,3 +264,13 @@ def test_linux_subport_name_must_fit_ifnamsiz() -> None:
 def test_options_reaching_a_line_are_validated(driver: str, options: dict[str, Any]) -> None:
     with pytest.raises(ValidationError):
         make(driver, options=options).render([PortChange(*CASES["access_move"](PORT[driver]))])
+
+
+def test_linux_lines_are_batched_under_the_pty_limit() -> None:
+    from torshim.drivers.linux import batch
+
+    lines = [f"ip link set dev swp{i} master br-v100" for i in range(100)]
+    joined = batch(lines, 400)
+    assert " && ".join(joined) == " && ".join(lines)  # same commands, same order
+    assert all(len(j) <= 400 for j in joined) and len(joined) < 20
+    assert batch(["x" * 500, "y"], 400) == ["x" * 500, "y"]  # a long line stays whole

@@ -46,6 +46,10 @@ class SwitchDriver(abc.ABC):
     transport: ClassVar[Literal["netconf", "cli"]]
     # What this flavour can do: "trunk", "access", "native-vlan", "confirmed-commit", "candidate".
     capabilities: ClassVar[frozenset[str]] = frozenset({"trunk", "access"})
+    # True when apply() itself reads the changed ports back before it returns (and rolls back if
+    # they differ), as the NETCONF flavours do between commit and confirm: converge then skips
+    # its own read-back, one round trip per change.
+    verified_apply: ClassVar[bool] = False
 
     def __init__(self, params: SwitchParams) -> None:
         self.params = params
@@ -93,6 +97,10 @@ class SwitchDriver(abc.ABC):
         if changeset.empty:
             return ApplyResult(self.params.name, (), committed=False, verified=True)
         self.apply(changeset)
+        if self.verified_apply:
+            return ApplyResult(
+                self.params.name, changeset.changes, True, True, time.monotonic() - start
+            )
         after = self.read(sorted(desired))
         wrong = [p for p, want in desired.items() if not same(after.get(p), want)]
         if wrong:

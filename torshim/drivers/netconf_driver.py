@@ -23,6 +23,7 @@ class NetconfDriver(SwitchDriver):
         {"trunk", "access", "native-vlan", "confirmed-commit", "candidate"}
     )
     device_params: ClassVar[Mapping[str, Any] | None] = None  # ncclient's device handler
+    verified_apply: ClassVar[bool] = True  # every commit path runs verify_read_back
 
     def __init__(self, params: SwitchParams, session: NetconfSession | None = None) -> None:
         super().__init__(params)
