@@ -15,13 +15,14 @@ from collections.abc import Callable
 
 from rich.table import Table
 
-from benchmarks import Metric, bench_deviceplugin, bench_discovery, bench_torshim
+from benchmarks import Metric, bench_deviceplugin, bench_discovery, bench_nsmgr, bench_torshim
 from nicinventory.render import console as make_console
 
 BENCHMARKS: dict[str, Callable[[bool], list[Metric]]] = {
     "discovery": bench_discovery.run,
     "deviceplugin": bench_deviceplugin.run,
     "torshim": bench_torshim.run,
+    "nsmgr": bench_nsmgr.run,
 }
 
 

@@ -4,17 +4,16 @@ device plugin: same config file, env vars and device-info files) and `pools` to 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import signal
 import sys
-import time
 from typing import Any
 
 from deviceplugin.config import DEFAULT_PREFIX, load_config
 from deviceplugin.state import PoolStates
 from deviceplugin.types import DevicePluginError
 from nicinventory.errors import InventoryError
+from nicinventory.logs import setup_logging
 from nicinventory.sysfs import SysfsReader
 
 PROG = "sriov-device-plugin"
@@ -25,20 +24,6 @@ DEFAULT_CONFIG = "/etc/pcidp/config.json"
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> Any:
         self.exit(2, f"{self.prog}: error: {message}\n")
-
-
-class _JsonFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        doc = {
-            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-            + f".{int(record.msecs):03d}Z",
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "msg": record.getMessage(),
-        }
-        if record.exc_info:
-            doc["error"] = self.formatException(record.exc_info)
-        return json.dumps(doc)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -209,12 +194,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    handler = logging.StreamHandler()
-    if args.log_format == "json":
-        handler.setFormatter(_JsonFormatter())
-    else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    logging.basicConfig(level=args.log_level.upper(), handlers=[handler])
+    setup_logging(args.log_level, args.log_format)
     try:
         if args.command == "pools":
             _pools(args)

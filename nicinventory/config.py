@@ -9,6 +9,7 @@ tor_map:                     # static PF -> TOR port entries; they win over LLDP
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 import yaml
@@ -55,24 +56,30 @@ def yaml_problem(e: yaml.YAMLError) -> str:
     return at + " ".join(str(getattr(e, "problem", None) or e).split())
 
 
-def load_config(path: str | None) -> InventoryConfig:
-    """Config from a file; defaults when path is None. Errors name the file and the field."""
-    if path is None:
-        return InventoryConfig()
+def read_document(path: str, error: Callable[[str], Exception]) -> Any:
+    """The YAML (or JSON) document in `path`; `error(message)` is raised with one line naming the
+    file. Shared by every room's config loader, so they all fail the same way."""
     try:
         with open(path, encoding="utf-8") as f:
             text = f.read()
     except OSError as e:
-        raise ConfigError(f"{path}: {e.strerror}") from e
+        raise error(f"{path}: {e.strerror}") from e
     except UnicodeDecodeError as e:
-        raise ConfigError(f"{path}: not UTF-8 text (byte {e.start})") from e
+        raise error(f"{path}: not UTF-8 text (byte {e.start})") from e
     try:
-        data: Any = yaml.safe_load(text) or {}  # YAML is a superset of JSON...
+        return yaml.safe_load(text)  # YAML is a superset of JSON...
     except yaml.YAMLError as e:
         try:  # ...except for tabs, which JSON allows as whitespace and YAML does not
-            data = json.loads(text) or {}
+            return json.loads(text)
         except ValueError:
-            raise ConfigError(f"{path}: not valid YAML or JSON: {yaml_problem(e)}") from e
+            raise error(f"{path}: not valid YAML or JSON: {yaml_problem(e)}") from e
+
+
+def load_config(path: str | None) -> InventoryConfig:
+    """Config from a file; defaults when path is None. Errors name the file and the field."""
+    if path is None:
+        return InventoryConfig()
+    data = read_document(path, ConfigError) or {}
     try:
         return InventoryConfig.model_validate(data)
     except ValidationError as e:

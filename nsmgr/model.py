@@ -100,6 +100,16 @@ class ConnectionInfo:
     mtu: int = 0
     addresses: tuple[str, ...] = ()
     generation: int = 0
+    # added with the agent: the rest of the connection's context, for the NSM Connection and list
+    netns_inode: str = ""  # inode://<dev>/<ino> of the pod's namespace
+    mac: str = ""  # the MAC the connection set (PF side or netdev); "" when left as it was
+    routes: tuple[str, ...] = ()  # "prefix" or "prefix via gateway"
+    dns_servers: tuple[str, ...] = ()
+    dns_search: tuple[str, ...] = ()
+    labels: dict[str, str] = field(default_factory=dict)
+    endpoint: str = ""  # who gave the context ("local:<service>" for a service in the config)
+    pf_status: str = ""  # PF-side settings: applied | nothing | skipped (pf_side none)
+    error: str = ""  # why the connection is failed, or why its VF's restore is still pending
 
 
 class ConnectionAgent(Protocol):
