@@ -3,7 +3,8 @@
 SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
-APT_PACKAGES := python3-venv iproute2 lldpd netconfd openssh-server openssh-client iputils-ping
+APT_PACKAGES := python3-venv iproute2 lldpd netconfd openssh-server openssh-client iputils-ping \
+	dnsmasq-base
 STAMP := $(VENV)/.installed
 
 .PHONY: demo test lint format bench deps clean proto

@@ -15,7 +15,15 @@ from collections.abc import Callable
 
 from rich.table import Table
 
-from benchmarks import Metric, bench_deviceplugin, bench_discovery, bench_nsmgr, bench_torshim
+from benchmarks import (
+    Metric,
+    bench_deviceplugin,
+    bench_discovery,
+    bench_nsm,
+    bench_nsmgr,
+    bench_registry,
+    bench_torshim,
+)
 from nicinventory.render import console as make_console
 
 BENCHMARKS: dict[str, Callable[[bool], list[Metric]]] = {
@@ -23,6 +31,8 @@ BENCHMARKS: dict[str, Callable[[bool], list[Metric]]] = {
     "deviceplugin": bench_deviceplugin.run,
     "torshim": bench_torshim.run,
     "nsmgr": bench_nsmgr.run,
+    "registry": bench_registry.run,
+    "nsm": bench_nsm.run,
 }
 
 

@@ -75,7 +75,7 @@ class Agent:
         if pf_side is None:
             pf_side = NetlinkPfSide(self.node.rtnl) if cfg.pf_side == "netlink" else NoPfSide()
         self.pf = pf_side
-        self.endpoint: EndpointClient = endpoint or LocalServices(cfg.services)
+        self.endpoint: EndpointClient = endpoint or _endpoint_client(cfg)
         self.ready = False
         self._records: dict[str, VfRecord] = {}  # pci -> record, as journaled
         self._by_conn: dict[str, str] = {}  # connection id -> pci
@@ -567,3 +567,12 @@ class Agent:
 
     def _info(self, rec: VfRecord) -> ConnectionInfo:
         return rec.info(self._failed.get(rec.pci_address, ""))
+
+
+def _endpoint_client(cfg: NsmgrConfig) -> EndpointClient:
+    local = LocalServices(cfg.services)
+    if not cfg.registry.url:
+        return local
+    from nsmgr.remote import RegistryEndpoints
+
+    return RegistryEndpoints(local, cfg.registry.url, cfg.node_name, timeout=cfg.registry.timeout)

@@ -200,13 +200,32 @@ class LocalService(_Model):
         return "*" in self.allowed_namespaces or namespace in self.allowed_namespaces
 
 
+class RegistryClientConfig(_Model):
+    """The Network Service Registry of this node's domain: services not declared in `services`
+    are found there (`url` empty: local services only)."""
+
+    url: str = ""  # tcp://host:port or unix:///path
+    timeout: float = Field(default=10.0, gt=0)  # seconds per Find, Request, Close
+    refresh_period: float = Field(default=60.0, gt=0)  # re-Request live remote connections
+
+    @pydantic.field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        if v and not (v.startswith("unix:///") or re.match(r"^tcp://[^/\s]+:[0-9]{1,5}$", v)):
+            raise ValueError(f"{v!r} is neither tcp://host:port nor unix:///path")
+        return v
+
+
 class MetricsConfig(_Model):
     address: str = "0.0.0.0"
     port: int = Field(default=9102, ge=0, le=65535)  # 0: off
 
 
 class NsmgrConfig(_Model):
-    node_name: str = Field(default_factory=lambda: socket.gethostname().lower())
+    # $NODE_NAME (the downward API in the DaemonSet), else the hostname
+    node_name: str = Field(
+        default_factory=lambda: os.environ.get("NODE_NAME") or socket.gethostname().lower()
+    )
     state_dir: str = DEFAULT_STATE_DIR
     socket: str = DEFAULT_SOCKET
     sysfs_root: str = "/sys"
@@ -215,6 +234,7 @@ class NsmgrConfig(_Model):
     workers: int = Field(default=32, ge=1, le=256)  # requests handled at once
     reconcile_period: float = Field(default=60.0, gt=0)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    registry: RegistryClientConfig = Field(default_factory=RegistryClientConfig)
     services: list[LocalService] = Field(default_factory=list)
     pods: PodsConfig | None = None  # the pod integration; absent: requests come by hand/gRPC only
 
@@ -224,11 +244,9 @@ class NsmgrConfig(_Model):
         """The pod integration watches this node: its node_name defaults to the agent's."""
         if isinstance(data, dict) and isinstance(data.get("pods"), dict):
             pods = data["pods"]
-            if "node_name" not in pods and (
-                data.get("node_name") or not os.environ.get("NODE_NAME")
-            ):
-                node = data.get("node_name") or socket.gethostname().lower()
-                data = {**data, "pods": {**pods, "node_name": node}}
+            if "node_name" not in pods:
+                node = data.get("node_name") or os.environ.get("NODE_NAME") or socket.gethostname()
+                data = {**data, "pods": {**pods, "node_name": str(node).lower()}}
         return data
 
     @pydantic.field_validator("node_name")

@@ -8,6 +8,7 @@ import ctypes
 import gc
 import logging
 import threading
+import time
 from collections.abc import Callable
 from typing import Protocol
 
@@ -69,11 +70,20 @@ def serve(
             "NetworkService and MonitorConnection", cfg.socket, cfg.node_name,
             len(agent.connections()), cfg.pf_side,
         )  # fmt: skip
-        while not stop.wait(cfg.reconcile_period):
+        refresh = getattr(agent.endpoint, "refresh", None)  # remote endpoints only
+        period = min(cfg.reconcile_period, cfg.registry.refresh_period if refresh else 1e9)
+        last_reconcile = last_refresh = time.monotonic()
+        while not stop.wait(period):
+            now = time.monotonic()
             try:
-                agent.reconcile()
+                if now - last_reconcile >= cfg.reconcile_period - 0.01:
+                    last_reconcile = now
+                    agent.reconcile()
+                if refresh is not None and now - last_refresh >= cfg.registry.refresh_period - 0.01:
+                    last_refresh = now
+                    refresh()  # NSM's refresh: re-establishes connections after a restart
             except Exception:  # one bad pass must not end the agent; the next one retries
-                log.exception("reconcile failed")
+                log.exception("reconcile or refresh failed")
     finally:
         serving.clear()
         if integration is not None:

@@ -29,6 +29,8 @@ METRICS = {
     "deviceplugin.rss": "MB",
     "deviceplugin.rss_bare_grpc": "MB",
     "deviceplugin.rss_ratio": "x",
+    "nsm.request": "ms",
+    "nsm.request_ratio": "x",
 }
 WITH_GOAL = {
     "discovery.full_scan",
@@ -36,6 +38,7 @@ WITH_GOAL = {
     "deviceplugin.allocate_first_ratio",
     "deviceplugin.health_to_list",
     "deviceplugin.rss",
+    "nsm.request",
 }
 
 

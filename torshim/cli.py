@@ -93,6 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--config", required=True, metavar="FILE")
     s.add_argument("--listen", help="gRPC address, unix:///path or host:port (default: config)")
     s.add_argument("--metrics", help="host:port of /metrics and /readyz; '' turns it off")
+    s.add_argument(
+        "--advertise", metavar="URL", help="the URL registered for callers (default: config)"
+    )
     s.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     s.add_argument("--log-format", default="text", choices=["text", "json"])
 

@@ -429,6 +429,9 @@ class ServerConfig(_Model):
     metrics: str = "127.0.0.1:9103"  # /metrics, /readyz, /healthz; "" turns it off
     request_timeout: float = Field(default=30.0, gt=0)  # when the caller gives no deadline
     reconcile_interval: float = Field(default=300.0, ge=0)  # 0: only on start and reconnect
+    # A connection its client stops refreshing (Request again) is closed after this long: NSM's
+    # path expiry, so a node that died for good does not keep its VLANs. 0: never.
+    connection_ttl: float = Field(default=600.0, ge=0)
 
     @pydantic.field_validator("name")
     @classmethod
@@ -454,6 +457,26 @@ class ServerConfig(_Model):
         return v
 
 
+class RegistryConfig(_Model):
+    """Where the shim registers itself as the endpoint of its services ("" : it does not)."""
+
+    url: str = ""  # the domain's registry: tcp://host:port or unix:///path
+    advertise: str = ""  # how callers reach this shim; default: server.listen
+    ttl: float = Field(default=60.0, ge=3)  # seconds; refreshed at a third of it
+
+    @pydantic.field_validator("url", "advertise")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        if not v:
+            return v
+        if v.startswith("unix:///"):
+            return v
+        if v.startswith("tcp://"):
+            host_port(v.removeprefix("tcp://"))
+            return v
+        raise ValueError(f"{v!r} is neither tcp://host:port nor unix:///path")
+
+
 def host_port(v: str) -> tuple[str, int]:
     host, sep, port = v.rpartition(":")
     if not sep or not port.isdigit() or not 0 <= int(port) < 65536:  # 0: any free port
@@ -469,6 +492,7 @@ def host_port(v: str) -> tuple[str, int]:
 
 class ShimConfig(_Model):
     server: ServerConfig = Field(default_factory=ServerConfig)
+    registry: RegistryConfig = Field(default_factory=RegistryConfig)
     switches: list[SwitchConfig] = Field(default_factory=list)
     port_map: list[PortMapEntry] = Field(default_factory=list)
     services: list[Service] = Field(default_factory=list)

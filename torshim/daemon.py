@@ -24,6 +24,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from torshim import nsm
 from torshim.config import ShimConfig, host_port
+from torshim.registration import Registrar
 from torshim.service import PortReport, Shim
 from torshim.store import Store
 
@@ -85,6 +86,7 @@ class Daemon:
         self.http: HttpEndpoints | None = None
         self._server: grpc.Server | None = None
         self._loop: threading.Thread | None = None
+        self.registrar: Registrar | None = None
         self._retry_at: dict[str, tuple[float, int]] = {}  # switch -> (not before, failures)
 
     def start(self) -> None:
@@ -106,6 +108,17 @@ class Daemon:
             self.http.start()
         self._loop = threading.Thread(target=self._reconcile_loop, name="reconcile", daemon=True)
         self._loop.start()
+        reg = self.config.registry
+        if reg.url:
+            advertise = reg.advertise or _as_url(self.listen, self.grpc_port)
+            self.registrar = Registrar(
+                reg.url,
+                self.config.server.name,
+                [s.name for s in self.config.services],  # names are domain-local in a registry
+                advertise,
+                ttl=reg.ttl,
+            )
+            self.registrar.start()
         log.info(
             "serving NetworkService on %s (%d switches, %d services, %d live connections)",
             self.listen,
@@ -116,6 +129,8 @@ class Daemon:
 
     def stop(self, grace: float = 5.0) -> None:
         self._stop.set()
+        if self.registrar is not None:
+            self.registrar.stop()  # first: callers should stop finding us before we go
         if self._server is not None:
             self._server.stop(grace).wait(grace + 1)
         if self._loop is not None:
@@ -157,6 +172,18 @@ class Daemon:
                 self._reconcile(self.shim.switches_to_check(), "periodic")
             else:
                 self._reconcile(self.shim.needs_reconcile(), "reconnect or failed change")
+            try:
+                self.shim.expire()
+            except Exception:  # the store failing: logged, the next tick retries
+                log.exception("expiring connections failed")
+
+
+def _as_url(listen: str, port: int) -> str:
+    """The listen address as an NSM URL, with the port actually bound (for `:0`)."""
+    if listen.startswith("unix://"):
+        return listen
+    host, _ = host_port(listen)
+    return f"tcp://{host or '127.0.0.1'}:{port}"
 
 
 def _log_reports(switch: str, why: str, reports: list[PortReport]) -> None:

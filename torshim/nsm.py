@@ -18,6 +18,7 @@ and `extra_context` torSwitch/torPort/portMode/vlan.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable
@@ -154,6 +155,8 @@ def answer(req: pb.NetworkServiceRequest, grant: Grant, endpoint: str) -> pb.Con
     segs = out.path.path_segments
     if not segs or segs[-1].name != endpoint:
         segs.add(name=endpoint, id=conn.id)
+    if conn.expires:  # refresh before this, or the shim closes the connection
+        segs[-1].expires.FromNanoseconds(int(conn.expires * 1e9))
     out.path.index = len(segs) - 1
     return out
 
@@ -187,7 +190,9 @@ class NetworkServiceServicer(pb_grpc.NetworkServiceServicer):
 
     def Request(self, request: pb.NetworkServiceRequest, context: Any) -> pb.Connection:
         def run() -> pb.Connection:
-            grant = self.shim.request(attachment_of(request), timeout=self._timeout(context))
+            att = attachment_of(request)
+            att = dataclasses.replace(att, ttl=self.shim.config.server.connection_ttl)
+            grant = self.shim.request(att, timeout=self._timeout(context))
             return answer(request, grant, self.endpoint)
 
         return self._call("Request", context, run)

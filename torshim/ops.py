@@ -17,8 +17,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from torshim.config import ShimConfig, load_config, vlan_ranges
-from torshim.errors import NotFoundError
+import pydantic
+
+from torshim.config import RegistryConfig, ShimConfig, load_config, vlan_ranges
+from torshim.errors import ConfigError, NotFoundError
 from torshim.model import PortConfig
 from torshim.service import Attachment, PortReport, Shim
 from torshim.store import Store
@@ -232,6 +234,14 @@ def serve(args: argparse.Namespace) -> int:
 
     setup_logging(args.log_level, args.log_format)
     cfg = load_config(args.config)
+    if args.advertise:
+        try:
+            reg = RegistryConfig(
+                url=cfg.registry.url, advertise=args.advertise, ttl=cfg.registry.ttl
+            )
+        except pydantic.ValidationError as e:
+            raise ConfigError(f"--advertise: {e.errors()[0]['msg']}") from None
+        cfg = cfg.model_copy(update={"registry": reg})
     daemon = Daemon(cfg, listen=args.listen, metrics=args.metrics)
     stopping: list[int] = []
 

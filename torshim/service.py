@@ -64,6 +64,7 @@ class Attachment:
     namespace: str | None = ""
     tor_switch: str | None = None
     tor_port: str | None = None
+    ttl: float = 0.0  # seconds until it expires unless requested again; 0: never (manual)
 
 
 @dataclass(frozen=True)
@@ -216,6 +217,7 @@ class Shim:
             address = self.ipam.lease(service, att.id)
             try:
                 self.store.add_connection(conn)  # StoreError if the id means something else
+                self.store.touch(att.id, time.time() + att.ttl if att.ttl else 0.0)
                 want = self.desired(switch, port)
             except BaseException:
                 if not had_lease:
@@ -386,6 +388,21 @@ class Shim:
             if st.dirty or st.worker.sessions > st.sessions_seen:
                 out.append(name)
         return out
+
+    def expire(self, now: float | None = None) -> list[Connection]:
+        """Close every connection whose client stopped refreshing it; returns them."""
+        gone = []
+        for c in self.store.expired(time.time() if now is None else now):
+            log.warning(
+                "connection %s (%s on %s %s, node %s) expired: not refreshed; closing",
+                c.id, c.service, c.switch, c.port, c.node,
+            )  # fmt: skip
+            try:
+                self.close(c.id)
+            except ShimError as e:  # the connection is gone from the store; reconcile repairs
+                log.warning("closing expired %s: %s", c.id, e)
+            gone.append(c)
+        return gone
 
     def reconcile(self, switch: str) -> list[PortReport]:
         st = self._switch(switch)

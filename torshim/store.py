@@ -64,9 +64,13 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     ),
     # 2: how the connection uses its port: "trunk" (a VF; the NIC tags it) or "access" (the port).
     ("ALTER TABLE connections ADD COLUMN mode TEXT NOT NULL DEFAULT 'trunk'",),
+    # 3: when an unrefreshed connection expires (NSM's path expiry), wall clock; 0: never.
+    ("ALTER TABLE connections ADD COLUMN expires REAL NOT NULL DEFAULT 0",),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
-_CONN_COLUMNS = "id, service, switch, port, node, pf, vf_pci, namespace, created, generation, mode"
+_CONN_COLUMNS = (
+    "id, service, switch, port, node, pf, vf_pci, namespace, created, generation, mode, expires"
+)
 
 
 @dataclass(frozen=True)
@@ -85,6 +89,7 @@ class Connection:
     created: float = 0.0
     generation: int = 0
     mode: str = "trunk"  # "trunk": a VF on a PF port; "access": the whole port
+    expires: float = 0.0  # wall clock; 0: never (set with `touch`, not part of the identity)
 
     def same_as(self, other: Connection) -> bool:
         """Equal apart from the store's bookkeeping: a repeated Request, not a different one."""
@@ -241,8 +246,8 @@ class Store:
             generation = self._bump(db)
             db.execute(
                 "INSERT INTO connections (id, service, switch, port, node, pf, vf_pci, namespace, "
-                "mode, created, generation) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (*_identity(conn), self._clock(), generation),
+                "mode, created, generation, expires) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (*_identity(conn), self._clock(), generation, conn.expires),
             )
             return first
 
@@ -258,6 +263,20 @@ class Store:
             db.execute("DELETE FROM connections WHERE id = ?", (connection_id,))
             self._bump(db)
             return self._count(db, *found) == 0
+
+    def touch(self, connection_id: str, expires: float) -> bool:
+        """Set when the connection expires unless refreshed again (0: never); False if unknown."""
+        with self._write() as db:
+            sql = "UPDATE connections SET expires = ? WHERE id = ?"
+            return db.execute(sql, (expires, connection_id)).rowcount > 0
+
+    def expired(self, now: float) -> list[Connection]:
+        """Connections whose expiry has passed: their client stopped refreshing them."""
+        sql = (
+            f"SELECT {_CONN_COLUMNS} FROM connections WHERE expires > 0 AND expires <= ? "
+            "ORDER BY expires"
+        )
+        return [Connection(*r) for r in self._read(sql, (now,))]
 
     def connection(self, connection_id: str) -> Connection | None:
         rows = self._read(f"SELECT {_CONN_COLUMNS} FROM connections WHERE id = ?", (connection_id,))

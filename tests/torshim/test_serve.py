@@ -227,6 +227,7 @@ def test_cli_apply_show_audit_release(config: str, admin: NetconfSession) -> Non
         ["apply", "--switch", "tor9", "--port", P1, "--service", "red.example.com"],
         ["apply", "--switch", "tor1", "--port", P1, "--service", "green"],
         ["audit", "--switch", "nope"],
+        ["serve", "--advertise", "ftp://somewhere"],
     ],
 )
 def test_cli_bad_input_is_one_line_and_exit_2(config: str, args: list[str]) -> None:

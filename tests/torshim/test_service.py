@@ -304,3 +304,23 @@ def test_linux_switch_bridges_follow_connections(linux_env: tuple[Shim, LinuxSwi
     shim.close("b")
     shim.close("c")
     assert sw.master("swp1") is None and sw.master("swp2") is None
+
+
+@needs_netconfd
+def test_connections_not_refreshed_expire_and_leave_the_port(env: Env) -> None:
+    import dataclasses
+    import time
+
+    shim = env.shim()
+    shim.request(dataclasses.replace(vf("c1"), ttl=60))
+    shim.request(dataclasses.replace(vf("c2", "blue.example.com", vf_pci="0000:3b:02.1"), ttl=600))
+    shim.request(vf("manual", "blue.example.com", pf="", pf_pci="3b:00.1", vf_pci="0000:3b:0a.0"))
+    assert env.trunk(P1) == {100, 200}
+    assert shim.expire(time.time() + 30) == []  # nothing due yet
+    gone = shim.expire(time.time() + 61)
+    assert [c.id for c in gone] == ["c1"] and env.trunk(P1) == {200}
+    # a refresh (the same Request again) pushes the expiry out
+    shim.request(dataclasses.replace(vf("c2", "blue.example.com", vf_pci="0000:3b:02.1"), ttl=600))
+    assert shim.expire(time.time() + 500) == []
+    assert {c.id for c in shim.store.connections()} == {"c2", "manual"}
+    assert shim.store.leases("red.example.com") == []
