@@ -38,6 +38,7 @@ from nsmgr import metrics, plumbing
 from nsmgr.config import NsmgrConfig
 from nsmgr.endpoint import EndpointClient, LocalServices
 from nsmgr.errors import (
+    ConfigError,
     ConflictError,
     EndpointError,
     JournalError,
@@ -573,6 +574,14 @@ def _endpoint_client(cfg: NsmgrConfig) -> EndpointClient:
     local = LocalServices(cfg.services)
     if not cfg.registry.url:
         return local
-    from nsmgr.remote import RegistryEndpoints
+    from nicinventory.errors import InventoryError
+    from nsmgr.remote import RegistryEndpoints, inventory_tor_lookup
 
-    return RegistryEndpoints(local, cfg.registry.url, cfg.node_name, timeout=cfg.registry.timeout)
+    inv = cfg.registry.nicinventory_config
+    try:
+        tor_lookup = inventory_tor_lookup(inv) if inv else None
+    except InventoryError as e:
+        raise ConfigError(f"registry.nicinventory_config: {e}") from None
+    return RegistryEndpoints(
+        local, cfg.registry.url, cfg.node_name, timeout=cfg.registry.timeout, tor_lookup=tor_lookup
+    )

@@ -206,7 +206,15 @@ class RegistryClientConfig(_Model):
 
     url: str = ""  # tcp://host:port or unix:///path
     timeout: float = Field(default=10.0, gt=0)  # seconds per Find, Request, Close
+    # nicinventory's config (its `lldp` and `tor_map`): the PF's TOR port is sent with each
+    # Request (torSwitch/torPort), for shims whose port map does not know the PF
+    nicinventory_config: str | None = None
     refresh_period: float = Field(default=60.0, gt=0)  # re-Request live remote connections
+
+    @pydantic.field_validator("nicinventory_config")
+    @classmethod
+    def _inventory(cls, v: str | None, info: ValidationInfo) -> str | None:
+        return _path(v, info)
 
     @pydantic.field_validator("url")
     @classmethod

@@ -38,6 +38,21 @@ def _release_startup_garbage() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
+def close_expired(agent: Agent) -> list[str]:
+    """Close the connections whose endpoint already dropped them (not refreshed in time): the
+    network side is gone, so the VF goes back too; the pod integration asks again."""
+    expired = getattr(agent.endpoint, "expired", None)
+    closed = []
+    for cid in expired() if expired is not None else []:
+        log.warning("connection %s expired at its endpoint (not refreshed in time); closing", cid)
+        try:
+            agent.close(cid)
+            closed.append(cid)
+        except Exception:  # logged; the next pass tries again
+            log.exception("closing expired connection %s failed", cid)
+    return closed
+
+
 def serve(
     cfg: NsmgrConfig,
     *,
@@ -82,6 +97,7 @@ def serve(
                 if refresh is not None and now - last_refresh >= cfg.registry.refresh_period - 0.01:
                     last_refresh = now
                     refresh()  # NSM's refresh: re-establishes connections after a restart
+                    close_expired(agent)
             except Exception:  # one bad pass must not end the agent; the next one retries
                 log.exception("reconcile or refresh failed")
     finally:

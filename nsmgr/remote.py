@@ -13,6 +13,10 @@ endpoint (for a hardware service, the TOR shim of the DC-network domain) over NS
   told (Close is idempotent on the shim).
 - `refresh()` re-sends Request for every live connection (NSM's refresh): after an endpoint or
   registry restart the connection is re-established without touching the pod's interface.
+- The endpoint says until when a connection lives unless refreshed (the path segment's
+  `expires`). A connection that could not be refreshed before then is gone on the endpoint's side
+  (the shim closed it and took the VLAN off the port): `expired()` lists it so the agent closes it
+  too, and the pod integration asks for a fresh one.
 """
 
 from __future__ import annotations
@@ -20,7 +24,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 
@@ -71,8 +77,31 @@ def context_of(conn: pb.Connection, endpoint: Endpoint) -> EndpointContext:
     )
 
 
-def request_of(req: EndpointRequest, node: str) -> pb.NetworkServiceRequest:
-    """The mechanism describes the VF: node, PF (name and PCI address), VF index and address."""
+TorLookup = Callable[[str, str | None], tuple[str, str] | None]  # PF pci, ifname -> switch, port
+
+
+def inventory_tor_lookup(config_path: str, cache_seconds: float = 30.0) -> TorLookup:
+    """The PF's TOR port from nicinventory's static map and lldpd, cached: lldpcli is a
+    subprocess, too slow to run on every Request."""
+    from nicinventory.config import load_config
+
+    cfg = load_config(config_path)
+    cached: list[Any] = [0.0, None]
+
+    def lookup(pf_pci: str, pf_ifname: str | None) -> tuple[str, str] | None:
+        if time.monotonic() - cached[0] > cache_seconds:
+            cached[:] = [time.monotonic(), cfg.tor_map_now()]
+        found = cached[1].lookup(pf_pci, pf_ifname)
+        return (found.switch, found.port) if found is not None else None
+
+    return lookup
+
+
+def request_of(
+    req: EndpointRequest, node: str, tor: tuple[str, str] | None = None
+) -> pb.NetworkServiceRequest:
+    """The mechanism describes the VF: node, PF (name and PCI address), VF index and address,
+    and the PF's TOR port when the node knows it."""
     params = {
         "nodeName": node,
         "pfPciAddress": req.pf_pci,
@@ -81,6 +110,8 @@ def request_of(req: EndpointRequest, node: str) -> pb.NetworkServiceRequest:
     }
     if req.pf_ifname:
         params["pfInterfaceName"] = req.pf_ifname
+    if tor is not None:
+        params["torSwitch"], params["torPort"] = tor
     labels = {"nodeName": node}
     if req.pod is not None:
         labels.update(
@@ -119,13 +150,16 @@ class RegistryEndpoints:
         node: str,
         *,
         timeout: float = 10.0,
+        tor_lookup: TorLookup | None = None,
     ) -> None:
         self.local = local
+        self.tor_lookup = tor_lookup
         self.registry_url = registry_url
         self.node = node
         self.timeout = timeout
         self._lock = threading.Lock()
         self._live: dict[str, tuple[EndpointRequest, Endpoint]] = {}
+        self._expires: dict[str, float] = {}  # connection id -> the endpoint's deadline (wall)
         self._channels: dict[str, grpc.Channel] = {}
 
     # -- plumbing ---------------------------------------------------------------------------------
@@ -178,7 +212,13 @@ class RegistryEndpoints:
     ) -> tuple[pb.Connection, Endpoint]:
         if not candidates:
             raise NotFoundError(f"no endpoint offers network service {req.service}")
-        message = request_of(req, self.node)
+        tor = None
+        if self.tor_lookup is not None:
+            try:
+                tor = self.tor_lookup(req.pf_pci, req.pf_ifname)
+            except Exception as e:  # LLDP down: the shim's own port map may still know the PF
+                log.warning("TOR port of %s unknown: %s", req.pf_ifname or req.pf_pci, e)
+        message = request_of(req, self.node, tor)
         last: grpc.RpcError | None = None
         for ep in candidates:
             stub = pb_grpc.NetworkServiceStub(self._channel(ep.url))
@@ -212,8 +252,13 @@ class RegistryEndpoints:
             candidates.remove(known[1])
             candidates.insert(0, known[1])
         conn, ep = self._call(req, candidates)
+        segs = conn.path.path_segments
         with self._lock:
             self._live[req.connection_id] = (req, ep)
+            if segs and segs[-1].HasField("expires"):
+                self._expires[req.connection_id] = segs[-1].expires.ToNanoseconds() / 1e9
+            else:
+                self._expires.pop(req.connection_id, None)
         return context_of(conn, ep)
 
     def close(self, req: EndpointRequest) -> None:
@@ -222,6 +267,7 @@ class RegistryEndpoints:
             return
         with self._lock:
             known = self._live.pop(req.connection_id, None)
+            self._expires.pop(req.connection_id, None)
         targets = [known[1]] if known is not None else []
         closing = pb.Connection(id=req.connection_id, network_service=str(req.service))
         for attempt in (1, 2):
@@ -265,3 +311,9 @@ class RegistryEndpoints:
                 log.warning("refresh of %s failed: %s", req.connection_id, e)
                 failed.append(req.connection_id)
         return failed
+
+    def expired(self, now: float | None = None) -> list[str]:
+        """Connections whose endpoint-given deadline passed without a successful refresh."""
+        now = time.time() if now is None else now
+        with self._lock:
+            return sorted(cid for cid, t in self._expires.items() if t <= now)

@@ -98,6 +98,25 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     s.add_argument("--log-format", default="text", choices=["text", "json"])
+    le = s.add_argument_group("leader election (two replicas, one serving)")
+    le.add_argument(
+        "--leader-elect",
+        action="store_true",
+        help="serve only while holding a coordination.k8s.io Lease; wait as a standby until then",
+    )
+    le.add_argument("--lease-name", metavar="NAME", help="the Lease (needed with --leader-elect)")
+    le.add_argument(
+        "--lease-namespace", metavar="NS", help="its namespace (default: $POD_NAMESPACE)"
+    )
+    le.add_argument(
+        "--lease-duration", type=int, default=15, metavar="SECONDS", help="default: %(default)s"
+    )
+    le.add_argument(
+        "--renew-every", type=float, default=5.0, metavar="SECONDS", help="default: %(default)s"
+    )
+    le.add_argument(
+        "--kubeconfig", metavar="FILE", help="out of a cluster (default: in-cluster credentials)"
+    )
 
     for name, what in (("apply", "put a service on a port"), ("release", "take it off again")):
         a = sub.add_parser(name, help=f"{what} by hand (reference counted with pods' connections)")

@@ -11,7 +11,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
+import socket
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -21,6 +23,7 @@ import pydantic
 
 from torshim.config import RegistryConfig, ShimConfig, load_config, vlan_ranges
 from torshim.errors import ConfigError, NotFoundError
+from torshim.leader import LeaderElector, LeaseAdapter, Leases, check_timing
 from torshim.model import PortConfig
 from torshim.service import Attachment, PortReport, Shim
 from torshim.store import Store
@@ -229,9 +232,35 @@ def setup_logging(level: str, fmt: str) -> None:
     logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
 
 
+def elector(args: argparse.Namespace, leases: Leases | None = None) -> LeaderElector | None:
+    """The leader elector `serve`'s flags ask for (None without --leader-elect). The holder is
+    $POD_NAME (else the host name), the namespace --lease-namespace, else $POD_NAMESPACE."""
+    if not args.leader_elect:
+        return None
+    if not args.lease_name:
+        raise ConfigError("--leader-elect needs --lease-name")
+    namespace = args.lease_namespace or os.environ.get("POD_NAMESPACE")
+    if not namespace:
+        raise ConfigError(
+            "--leader-elect: no namespace for the Lease: set POD_NAMESPACE or --lease-namespace"
+        )
+    check_timing(args.lease_duration, args.renew_every)  # before any credentials are read
+    if leases is None:
+        timeout = max(1.0, args.renew_every / 2)  # a hung call must not outlast the deadline
+        leases = LeaseAdapter(namespace, kubeconfig=args.kubeconfig, timeout=timeout)
+    return LeaderElector(
+        leases,
+        args.lease_name,
+        os.environ.get("POD_NAME") or socket.gethostname(),
+        duration=args.lease_duration,
+        renew_every=args.renew_every,
+    )
+
+
 def serve(args: argparse.Namespace) -> int:
     from torshim.daemon import Daemon
 
+    el = elector(args)
     setup_logging(args.log_level, args.log_format)
     cfg = load_config(args.config)
     if args.advertise:
@@ -242,7 +271,7 @@ def serve(args: argparse.Namespace) -> int:
         except pydantic.ValidationError as e:
             raise ConfigError(f"--advertise: {e.errors()[0]['msg']}") from None
         cfg = cfg.model_copy(update={"registry": reg})
-    daemon = Daemon(cfg, listen=args.listen, metrics=args.metrics)
+    daemon = Daemon(cfg, listen=args.listen, metrics=args.metrics, elector=el)
     stopping: list[int] = []
 
     def on_signal(signum: int, _frame: object) -> None:
@@ -260,4 +289,7 @@ def serve(args: argparse.Namespace) -> int:
         t = time.monotonic()
         daemon.stop()
         log.info("stopped in %.2f s", time.monotonic() - t)
+    if daemon.lost:
+        log.error("exiting: no longer the leader (restarting as a standby)")
+        return 1
     return 0

@@ -24,10 +24,6 @@ COMPONENTS = {
     "torshim": ("Deployment", "torshim"),
 }
 
-# Flags the manifests pass that the code does not accept yet (the deploy report says what they
-# must do). test_pending_flags_are_still_pending fails once the code has one: delete it here then.
-PENDING_FLAGS = {"torshim": ["--leader-elect", "--lease-name"]}
-
 
 @functools.cache
 def _rendered() -> tuple[dict[str, Any], ...]:
@@ -135,11 +131,6 @@ def flag(args: list[str], name: str) -> str | None:
         if a.startswith(name + "="):
             return a.split("=", 1)[1]
     return None
-
-
-def without_pending(component: str, args: list[str]) -> list[str]:
-    pending = PENDING_FLAGS.get(component, [])
-    return [a for a in args if a.split("=", 1)[0] not in pending]
 
 
 @functools.cache

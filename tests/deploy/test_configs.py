@@ -13,7 +13,6 @@ import pytest
 from tests.deploy.manifests import (
     COMPONENTS,
     NAMESPACE,
-    PENDING_FLAGS,
     ROOT,
     command,
     config_map_data,
@@ -24,7 +23,6 @@ from tests.deploy.manifests import (
     flag,
     host_path_of,
     volume,
-    without_pending,
 )
 
 # The README's secret (README "Deploy": kubectl create secret generic ...) and its keys
@@ -217,20 +215,8 @@ def test_command_is_a_console_script_and_parses(component):
     args = command(component)
     assert args[0] == COMPONENTS[component][1] and args[0] in console_scripts()
     parser = _parser(component)
-    ns = parser.parse_args(without_pending(component, args)[1:])
+    ns = parser.parse_args(args[1:])
     assert getattr(ns, "command", None) in (None, "serve")  # the daemon, not a one-shot command
-
-
-@pytest.mark.parametrize("component", sorted(PENDING_FLAGS))
-def test_pending_flags_are_still_pending(component):
-    """Each flag in manifests.PENDING_FLAGS is one the code must still gain; once it parses,
-    delete it from PENDING_FLAGS so the command above is checked whole."""
-    parser = _parser(component)
-    base = without_pending(component, command(component))[1:]
-    for a in command(component):
-        if a.split("=", 1)[0] in PENDING_FLAGS[component]:
-            with pytest.raises(SystemExit):
-                parser.parse_args([*base, a])
 
 
 def test_the_example_pods_request_is_served(nsmgr_config, torshim_config, tmp_path):

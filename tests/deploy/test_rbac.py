@@ -21,17 +21,6 @@ from tests.deploy.manifests import COMPONENTS, DEPLOY, NAMESPACE, ROOT, of_kind,
 
 Key = tuple[str, str, str, bool]  # (verb, API group, resource, namespaced)
 
-# Calls the manifests grant for code that is not written yet (the deploy report says what it must
-# do): torshim's leader election on the Lease torshim-leader. test_pending_calls_are_still_pending
-# fails once the code makes them: delete them here then.
-PENDING_CALLS: dict[str, set[Key]] = {
-    "torshim": {
-        ("get", "coordination.k8s.io", "leases", True),
-        ("create", "coordination.k8s.io", "leases", True),
-        ("update", "coordination.k8s.io", "leases", True),
-    },
-}
-
 
 def _registry_resources() -> tuple[str, set[str]]:
     from nsmgr.registry import kube
@@ -58,10 +47,7 @@ def _code(component: str) -> kubecalls.Scan:
 def _needed(component: str) -> dict[Key, str]:
     scan = _code(component)
     assert scan.unresolved == [], f"{component}: API access the scanner cannot read"
-    needed = {k: c.where for k, c in scan.calls.items()}
-    for k in PENDING_CALLS.get(component, ()):
-        needed.setdefault(k, "pending (see PENDING_CALLS)")
-    return needed
+    return {k: c.where for k, c in scan.calls.items()}
 
 
 def _service_account(component: str) -> str:
@@ -178,12 +164,6 @@ def test_pod_watch_is_the_nodes_own():
     src = KubernetesPodSource("node-a", Core(), lambda: None)
     src.relist()
     assert calls == [{"field_selector": "spec.nodeName=node-a"}]
-
-
-@pytest.mark.parametrize("component", sorted(PENDING_CALLS))
-def test_pending_calls_are_still_pending(component):
-    found = set(_code(component).calls) & PENDING_CALLS[component]
-    assert not found, f"{component} now makes {sorted(found)}: delete them from PENDING_CALLS"
 
 
 # -- the registry's custom resources --------------------------------------------------------------

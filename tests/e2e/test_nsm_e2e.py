@@ -62,14 +62,22 @@ class World:
         self.remote_proc.proc.wait()
         self.remote_proc = self.stack.enter_context(registry_process(self.remote_cfg, self.remote))
 
-    def shim(self, name: str = "torshim", ttl: float = 60, **server: Any) -> Daemon:
+    def shim(
+        self,
+        name: str = "torshim",
+        ttl: float = 60,
+        port_map: list[Any] | None = None,
+        **server: Any,
+    ) -> Daemon:
         d = Path(self.tmp) / name
         d.mkdir(exist_ok=True)
         srv = {"name": name, "listen": "127.0.0.1:0", "metrics": "", **server}
         path, _ = shim_config(
             d,
             netconf_switch(self.switch),
-            [{"node": "node-a", "pf": "pf0", "switch": "tor1", "port": P1}],
+            [{"node": "node-a", "pf": "pf0", "switch": "tor1", "port": P1}]
+            if port_map is None
+            else port_map,
             server=srv,
         )
         text = Path(path).read_text()
@@ -138,11 +146,12 @@ def shims(world: World) -> Iterator[list[Daemon]]:
 
 
 @pytest.fixture
-def agent_for(node: FakeNode) -> Iterator[Callable[[str], Agent]]:
+def agent_for(node: FakeNode) -> Iterator[Callable[..., Agent]]:
     made: list[Agent] = []
 
-    def make(registry: str) -> Agent:
-        cfg = node.config(services=[], registry={"url": f"tcp://{registry}", "timeout": 10})
+    def make(registry: str, **extra: Any) -> Agent:
+        reg = {"url": f"tcp://{registry}", "timeout": 10, **extra}
+        cfg = node.config(services=[], registry=reg)
         agent = Agent(parse_config(cfg))
         agent.start()
         made.append(agent)
@@ -260,3 +269,43 @@ def test_connections_heal_after_shim_and_registry_restarts(
         assert [e.name for e in reg.find_endpoints(service=RED)] == ["torshim"]
     assert refresh() == []
     assert agent.connection(info.id).state == "attached"  # the pod's interface was never touched
+
+
+def test_a_connection_expired_at_the_endpoint_is_closed_on_the_node_too(
+    world: World, shims: list[Daemon], node: FakeNode, agent_for: Callable[[str], Agent]
+) -> None:
+    from nsmgr.daemon import close_expired
+
+    before = node.shapes()
+    shim = world.shim(connection_ttl=3)
+    shims.append(shim)
+    agent = agent_for(world.remote)
+    info = attach(agent, node, RED)
+    assert close_expired(agent) == []  # not due yet
+    shim.stop()  # the endpoint goes away: no refresh can succeed
+    shims.remove(shim)
+    refresh = agent.endpoint.refresh  # type: ignore[attr-defined]
+    time.sleep(3.2)
+    assert refresh() == [info.id]
+    assert close_expired(agent) == [info.id]
+    assert agent.connections() == [] and node.shapes() == before
+
+
+def test_the_nodes_lldp_view_names_the_port_when_the_shim_map_does_not(
+    world: World,
+    shims: list[Daemon],
+    node: FakeNode,
+    agent_for: Callable[..., Agent],
+    tmp_path: Path,
+) -> None:
+    shims.append(world.shim(port_map=[]))
+    inv = tmp_path / "nicinventory.yaml"  # static entries, as nicinventory merges them with LLDP
+    inv.write_text(
+        "lldp: {enabled: false}\ntor_map: [{pf: '0000:3b:00.0', switch: tor1, port: Ethernet1/2}]\n"
+    )
+    agent = agent_for(world.remote, nicinventory_config=str(inv))
+    info = attach(agent, node, RED)
+    assert look(world.admin, "Ethernet1/2")["Ethernet1/2"].trunk_vlans == {100}
+    assert trunk(world) == frozenset()
+    agent.close(info.id)
+    assert look(world.admin, "Ethernet1/2")["Ethernet1/2"].trunk_vlans == frozenset()
