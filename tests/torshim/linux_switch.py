@@ -43,6 +43,7 @@ from typing import Any
 
 import pytest
 
+from lab.sshd import sshd_config
 from tests.conftest import ip
 from torshim.drivers.base import SwitchParams
 
@@ -249,33 +250,7 @@ def linux_switch(
         known_hosts = client / "known_hosts"
         known_hosts.write_text(f"{switch_ip} {host_pub}\n")  # port 22: the bare host form
         conf = etc / "sshd_config"
-        conf.write_text(
-            "\n".join(
-                [
-                    f"ListenAddress {switch_ip}",
-                    "Port 22",
-                    f"HostKey {etc / 'host_ed25519'}",
-                    "PidFile none",
-                    f"AllowUsers {user}",
-                    "AuthorizedKeysFile .ssh/authorized_keys",
-                    "PubkeyAuthentication yes",
-                    "PasswordAuthentication no",
-                    "KbdInteractiveAuthentication no",
-                    "PermitRootLogin no",
-                    "UsePAM no",
-                    "StrictModes yes",
-                    "UseDNS no",
-                    "PrintMotd no",
-                    "PrintLastLog no",
-                    "X11Forwarding no",
-                    "AllowTcpForwarding no",
-                    "AllowAgentForwarding no",
-                    "MaxStartups 50",
-                    "LogLevel VERBOSE",
-                    "",
-                ]
-            )
-        )
+        conf.write_text(sshd_config(switch_ip, str(etc / "host_ed25519"), user))
         os.makedirs("/run/sshd", mode=0o755, exist_ok=True)  # sshd's privilege separation dir
         log = work / "sshd.log"
         with open(log, "wb") as out:
