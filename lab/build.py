@@ -57,7 +57,21 @@ def _quiet(_: str) -> None:
 def run(
     *cmd: str, check: bool = True, input: str | None = None
 ) -> subprocess.CompletedProcess[str]:
-    res = subprocess.run(list(cmd), capture_output=True, text=True, input=input)
+    with subprocess.Popen(
+        list(cmd),
+        stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    ) as proc:
+        try:
+            out, err = proc.communicate(input)
+        except BaseException:
+            # Ctrl-C: let the command finish (these are short `ip`/`useradd` calls), so teardown
+            # sees what it did; killed half way, `ip netns add` may leave a netns behind teardown.
+            proc.communicate()
+            raise
+    res = subprocess.CompletedProcess(list(cmd), proc.returncode, out, err)
     if check and res.returncode != 0:
         msg = " ".join((res.stderr or res.stdout).split())[:300]
         raise LabError(f"{' '.join(cmd[:6])}: {msg}")
