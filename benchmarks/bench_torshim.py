@@ -353,14 +353,14 @@ def run_netconf(plan: Plan) -> list[Metric]:
             f"TOR {what}: 1 port change end to end, our session",
             changes.ours,
             CHANGE_GOAL_MS,
-            {"rpcs": 9, "port": NC_OURS, "fast_io": True, "datastore": "candidate"},
+            {"rpcs": len(RPCS), "port": NC_OURS, "fast_io": True, "datastore": "candidate"},
         ),
         latency(
             "torshim.netconf.change_stock",
             f"TOR {what}: 1 port change, stock ncclient I/O",
             changes.stock,
             None,
-            {"rpcs": 9, "port": NC_STOCK, "fast_io": False},
+            {"rpcs": len(RPCS), "port": NC_STOCK, "fast_io": False},
         ),
         ratio(
             "torshim.netconf.change_stock_ratio",
