@@ -145,8 +145,8 @@ def _release_startup_garbage() -> None:
 
 def _serve(args: argparse.Namespace) -> int:
     from deviceplugin.manager import DevicePluginManager, Options
-    from deviceplugin.metrics import MetricsServer
     from nicinventory.events import EventSource, NetlinkSource, UdevSource
+    from nicinventory.httpendpoints import MetricsServer
 
     def sources() -> list[EventSource]:
         return [] if args.no_events else [UdevSource(), NetlinkSource()]

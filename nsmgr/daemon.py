@@ -14,7 +14,7 @@ from typing import Protocol
 
 from nsmgr.agent import Agent
 from nsmgr.config import NsmgrConfig
-from nsmgr.metrics import MetricsServer
+from nsmgr.metrics import MetricsServer, listen_metrics
 from nsmgr.server import NsmServer
 
 log = logging.getLogger("nsmgr")
@@ -69,7 +69,7 @@ def serve(
     serving = threading.Event()
     try:
         if cfg.metrics.port:  # first: /healthz answers during a long replay, /readyz says 503
-            metrics_server = MetricsServer(
+            metrics_server = listen_metrics(
                 cfg.metrics.address, cfg.metrics.port, lambda: agent.ready and serving.is_set()
             )
             metrics_server.start()

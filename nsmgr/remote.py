@@ -34,20 +34,13 @@ from nsmgr.endpoint import EndpointContext, EndpointRequest, LocalServices, Rout
 from nsmgr.errors import EndpointError, ForbiddenError, NotFoundError
 from nsmgr.model import PodRef, RequestError, ServiceRef
 from nsmgr.pfside import VfSettings
+from nsmgr.registry.client import CallError, RegistryClient
+from nsmgr.registry.names import grpc_target
+from nsmgr.registry.pnsmgr import UNREACHABLE  # the next endpoint is tried after these
 from sriov_nsm_wire.networkservice import networkservice_pb2 as pb
 from sriov_nsm_wire.networkservice import networkservice_pb2_grpc as pb_grpc
-from sriov_nsm_wire.registry import registry_pb2 as rpb
-from sriov_nsm_wire.registry import registry_pb2_grpc as rpb_grpc
 
 log = logging.getLogger(__name__)
-
-# Statuses after which the next endpoint is tried: this one is not there (now).
-UNREACHABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
-
-
-def grpc_target(url: str) -> str:
-    """NSM URLs (`tcp://host:port`, `unix:///path`) as a gRPC channel target."""
-    return url.removeprefix("tcp://")
 
 
 @dataclass(frozen=True)
@@ -158,6 +151,7 @@ class RegistryEndpoints:
         self.node = node
         self.timeout = timeout
         self._lock = threading.Lock()
+        self._registry = RegistryClient(grpc_target(registry_url), timeout=timeout)
         self._live: dict[str, tuple[EndpointRequest, Endpoint]] = {}
         self._expires: dict[str, float] = {}  # connection id -> the endpoint's deadline (wall)
         self._channels: dict[str, grpc.Channel] = {}
@@ -175,32 +169,25 @@ class RegistryEndpoints:
             channels, self._channels = list(self._channels.values()), {}
         for ch in channels:
             ch.close()
+        self._registry.close()
 
     def _is_local(self, service: ServiceRef) -> bool:
         return any(s.answers(service) for s in self.local.services)
 
     def find(self, service: ServiceRef) -> list[Endpoint]:
         """The service's endpoints whose registration has not expired, in the registry's order."""
-        query = rpb.NetworkServiceEndpointQuery(
-            network_service_endpoint=rpb.NetworkServiceEndpoint(
-                network_service_names=[str(service)]
-            )
-        )
-        stub = rpb_grpc.NetworkServiceEndpointRegistryStub(self._channel(self.registry_url))
         try:
-            answers = list(stub.Find(query, timeout=self.timeout))
-        except grpc.RpcError as e:
-            if e.code() == grpc.StatusCode.INVALID_ARGUMENT:
-                raise RequestError(f"registry: {e.details()}") from None
+            answers = self._registry.find_endpoints(service=str(service))
+        except CallError as e:
+            if e.code == "INVALID_ARGUMENT":
+                raise RequestError(f"registry: {e}") from None
             raise EndpointError(
-                f"registry {self.registry_url}: Find {service} failed: {e.code().name} "
-                f"{' '.join((e.details() or '').split())}"
+                f"registry {self.registry_url}: Find {service} failed: {e.code} {e}"
             ) from None
         now = time.time()
         out = []
-        for a in answers:
-            nse = a.network_service_endpoint
-            if a.deleted or not nse.url:
+        for nse in answers:
+            if not nse.url:
                 continue
             if nse.HasField("expiration_time") and nse.expiration_time.ToNanoseconds() / 1e9 < now:
                 continue

@@ -214,7 +214,7 @@ class Daemon:
                 self.listen,
                 len(self.config.switches),
                 len(self.config.services),
-                len(self.store.connections()),
+                self.store.count(),
             )
 
     def _elect_loop(self) -> None:

@@ -21,8 +21,8 @@ from typing import Any
 
 import pydantic
 
-from torshim.config import RegistryConfig, ShimConfig, load_config, vlan_ranges
-from torshim.errors import ConfigError, NotFoundError
+from torshim.config import RegistryConfig, load_config, vlan_ranges
+from torshim.errors import ConfigError, NotFoundError, ShimError
 from torshim.leader import LeaderElector, LeaseAdapter, Leases, check_timing
 from torshim.model import PortConfig
 from torshim.service import Attachment, PortReport, Shim
@@ -148,10 +148,11 @@ def show(args: argparse.Namespace) -> dict[str, Any]:
             for c in store.connections()
         ]
         refs = store.refcounts()
+        shim = Shim(cfg, store)  # no switch is contacted: it computes desired configs only
         ports = []
         for switch, port in store.managed_ports():
             applied = store.applied(switch, port)
-            shim_desired = _desired(cfg, store, switch, port)
+            shim_desired = _desired(shim, switch, port)
             ports.append(
                 {
                     "switch": switch,
@@ -166,16 +167,10 @@ def show(args: argparse.Namespace) -> dict[str, Any]:
     return {"connections": conns, "ports": ports}
 
 
-def _desired(cfg: ShimConfig, store: Store, switch: str, port: str) -> PortConfig | None:
-    from torshim import ports as portlogic
-
+def _desired(shim: Shim, switch: str, port: str) -> PortConfig | None:
     try:
-        parking = cfg.switch(switch).parking_vlan
-        vlans = {s.name: s.vlan for s in cfg.services}
-        return portlogic.desired_config(
-            port, store.connections(switch=switch, port=port), vlans, parking
-        )
-    except Exception:  # a switch or service gone from the config: show what is stored anyway
+        return shim.desired(switch, port)
+    except ShimError:  # a switch or service gone from the config: show what is stored anyway
         return None
 
 

@@ -124,7 +124,7 @@ class Shim:
         self._switches: dict[str, _SwitchState] = {}
         self._lock = threading.Lock()
         self._vlans = {s.name: s.vlan for s in config.services}
-        self.metrics.connections.set(len(store.connections()))
+        self.metrics.connections.set(store.count())
 
     def _default_factory(self, switch: str) -> SwitchDriver:
         params = self.config.switch_params(switch)
@@ -259,7 +259,7 @@ class Shim:
             self.ipam.release(conn.service, connection_id)
             want = self.desired(conn.switch, conn.port)
             fut = self._submit(st, conn.port, want, deadline)
-        self.metrics.connections.set(len(self.store.connections()))
+        self.metrics.connections.set(self.store.count())
         try:
             result = fut.result()
         except BaseException as e:
@@ -301,7 +301,7 @@ class Shim:
                 st.dirty.discard(port)
         self.metrics.latency.labels(switch).observe(time.monotonic() - start)
         self.metrics.changes.labels(switch).inc(len(result.changes))
-        self.metrics.connections.set(len(self.store.connections()))
+        self.metrics.connections.set(self.store.count())
 
     def _count_error(self, switch: str, e: BaseException) -> None:
         kind = type(e).__name__ if isinstance(e, ShimError) else "internal"

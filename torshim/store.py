@@ -23,7 +23,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -296,6 +296,10 @@ class Store:
         sql = f"SELECT {_CONN_COLUMNS} FROM connections{where} ORDER BY generation, id"
         return [Connection(*r) for r in self._read(sql, args)]
 
+    def count(self) -> int:
+        """How many connections are live (for the gauge: no rows read)."""
+        return int(self._read("SELECT COUNT(*) FROM connections")[0][0])
+
     def refcount(self, switch: str, port: str, service: str) -> int:
         with self._lock:
             return self._count(self._db, switch, port, service)
@@ -308,20 +312,6 @@ class Store:
             "GROUP BY switch, port, service ORDER BY switch, port, service"
         )
         return {(sw, p, s): n for sw, p, s, n in self._read(sql, args)}
-
-    def desired_port(self, switch: str, port: str, vlans: Mapping[str, int]) -> frozenset[int]:
-        """The VLANs the port must carry: those of the services of its live connections. `vlans`
-        maps service name -> VLAN (from the config); a service missing there is a StoreError, since
-        guessing would drop a VLAN a live VF still uses."""
-        sql = "SELECT DISTINCT service FROM connections WHERE switch = ? AND port = ?"
-        services = [s for (s,) in self._read(sql, (switch, port))]
-        missing = sorted(s for s in services if s not in vlans)
-        if missing:
-            raise StoreError(
-                f"{switch} {port} has live connections of services no longer configured: "
-                f"{', '.join(missing)}"
-            )
-        return frozenset(vlans[s] for s in services)
 
     def managed_ports(self, switch: str | None = None) -> list[tuple[str, str]]:
         """Ports with live connections or an applied config: what reconcile must look at."""

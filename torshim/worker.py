@@ -268,10 +268,12 @@ class SwitchWorker:
             _fail(batch, CircuitOpen(f"{self.name}: circuit open after repeated failures"))
             return
         attempt = 0
+        last: BaseException | None = None  # the previous attempt's error, for the deadline's
         while True:
             attempt += 1
             now = time.monotonic()
-            batch = _expire(batch, now, f"{self.name}: deadline passed before the attempt")
+            # A backoff sleep can overrun on a busy machine: the deadline may pass during it.
+            batch = _expire(batch, now, f"{self.name}: deadline passed before the attempt", last)
             if not batch:
                 self.breaker.release()
                 return
@@ -282,6 +284,7 @@ class SwitchWorker:
                 self.transactions += 1
                 result = self._get_driver().converge(merged)
             except RETRYABLE as e:
+                last = e
                 if isinstance(e, ConnectError):
                     self._drop_driver()
                 if attempt >= self.retry.attempts:

@@ -10,13 +10,11 @@ import contextlib
 import logging
 import os
 import threading
-from collections.abc import Callable
 from concurrent import futures
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import grpc
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from nicinventory.httpendpoints import MetricsServer
 from nsmgr.registry.config import RegistryConfig, host_port
 from nsmgr.registry.errors import RegistryError
 from nsmgr.registry.metrics import Metrics
@@ -54,42 +52,6 @@ def make_resolver(cfg: RegistryConfig, metrics: Metrics) -> Resolver:
     )
 
 
-class HttpEndpoints:
-    """GET /metrics (Prometheus text of `registry`), /readyz, /healthz."""
-
-    def __init__(self, address: str, registry: CollectorRegistry, ready: Callable[[], bool]):
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                if self.path == "/metrics":
-                    body, ctype, code = generate_latest(registry), CONTENT_TYPE_LATEST, 200
-                elif self.path in ("/readyz", "/healthz"):
-                    ok = self.path == "/healthz" or ready()
-                    body = b"ok\n" if ok else b"not ready\n"
-                    ctype, code = "text/plain", 200 if ok else 503
-                else:
-                    body, ctype, code = b"not found\n", "text/plain", 404
-                self.send_response(code)
-                self.send_header("Content-Type", ctype)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args: object) -> None:  # scraped every few seconds: stay quiet
-                pass
-
-        host, port = host_port(address)
-        self.httpd = ThreadingHTTPServer((host or "0.0.0.0", port), Handler)
-        self.port = int(self.httpd.server_address[1])
-        self._thread = threading.Thread(target=self.httpd.serve_forever, daemon=True, name="http")
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-
 class Daemon:
     def __init__(
         self,
@@ -120,7 +82,7 @@ class Daemon:
         )
         self._stop = threading.Event()
         self.grpc_port = 0
-        self.http: HttpEndpoints | None = None
+        self.http: MetricsServer | None = None
         self._server: grpc.Server | None = None
         self.pnsmgr: ProxyNsmgr | None = None
 
@@ -148,7 +110,10 @@ class Daemon:
         server.start()
         self._server = server
         if self.metrics_address:
-            self.http = HttpEndpoints(self.metrics_address, self.metrics.registry, self.is_ready)
+            host, port = host_port(self.metrics_address)
+            self.http = MetricsServer(
+                host or "0.0.0.0", port, self.is_ready, self.metrics.registry, name="http"
+            )
             self.http.start()
         try:
             self.registry.sweep()  # the store answers: ready (else the sweeper retries)

@@ -103,6 +103,11 @@ def parse(text: str, local_domain: str = "", what: str = "name") -> Qualified:
     return Qualified(name, "" if dom == local_domain else dom)
 
 
+def grpc_target(url: str) -> str:
+    """An NSM URL (`tcp://host:port`, `unix:///path`) as a gRPC channel target."""
+    return url.removeprefix("tcp://")
+
+
 def check_url(url: str, what: str = "url") -> str:
     """An endpoint's URL as NSM writes them: `tcp://host:port` (host an IPv4 address, `[IPv6]` or
     a DNS name) or `unix:///absolute/path` (at most 107 bytes, the kernel's limit); else

@@ -21,6 +21,7 @@ import grpc
 from google.protobuf import empty_pb2
 
 from nsmgr.registry.errors import RegistryError
+from nsmgr.registry.names import grpc_target
 from nsmgr.registry.proxy import Proxy
 from sriov_nsm_wire.networkservice import networkservice_pb2 as npb
 from sriov_nsm_wire.networkservice import networkservice_pb2_grpc as npb_grpc
@@ -29,10 +30,6 @@ from sriov_nsm_wire.registry import registry_pb2 as rpb
 log = logging.getLogger(__name__)
 
 UNREACHABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
-
-
-def _target(url: str) -> str:
-    return url.removeprefix("tcp://")
 
 
 class ProxyNsmgr(npb_grpc.NetworkServiceServicer):
@@ -53,7 +50,7 @@ class ProxyNsmgr(npb_grpc.NetworkServiceServicer):
         with self._lock:
             ch = self._channels.get(url)
             if ch is None:
-                ch = self._channels[url] = grpc.insecure_channel(_target(url))
+                ch = self._channels[url] = grpc.insecure_channel(grpc_target(url))
         return npb_grpc.NetworkServiceStub(ch)
 
     @staticmethod

@@ -13,6 +13,7 @@ import pytest
 
 from torshim.errors import StoreError
 from torshim.model import PortConfig
+from torshim.ports import desired_config
 from torshim.store import SCHEMA_VERSION, Connection, Store
 
 VLANS = {"red": 100, "blue": 200, "green": 300}
@@ -38,6 +39,12 @@ def store(db: Path) -> Iterator[Store]:
         yield s
 
 
+def carried(store: Store, port: str = "Ethernet1/1") -> frozenset[int]:
+    """The VLANs the port must carry for the store's live connections on it."""
+    conns = store.connections(switch="tor-a", port=port)
+    return desired_config(port, conns, VLANS).trunk_vlans
+
+
 def test_refcount_edges_per_port_and_service(store: Store) -> None:
     assert store.add_connection(conn("c1")) is True  # 0 -> 1: add VLAN 100
     assert store.add_connection(conn("c2")) is False  # 1 -> 2
@@ -49,13 +56,13 @@ def test_refcount_edges_per_port_and_service(store: Store) -> None:
         ("tor-a", "Ethernet1/1", "red"): 2,
         ("tor-a", "Ethernet1/2", "red"): 1,
     }
-    assert store.desired_port("tor-a", "Ethernet1/1", VLANS) == {100, 200}
+    assert carried(store) == {100, 200}
 
     assert store.remove_connection("c1") is False  # 2 -> 1: VLAN stays
     assert store.remove_connection("c2") is True  # 1 -> 0: VLAN leaves
-    assert store.desired_port("tor-a", "Ethernet1/1", VLANS) == {200}
+    assert carried(store) == {200}
     assert store.remove_connection("c3") is True
-    assert store.desired_port("tor-a", "Ethernet1/1", VLANS) == frozenset()
+    assert carried(store) == frozenset()
     assert store.refcount("tor-a", "Ethernet1/1", "red") == 0
     assert store.refcounts() == {("tor-a", "Ethernet1/2", "red"): 1}
 
@@ -100,10 +107,10 @@ def test_connections_filter_and_bookkeeping(db: Path) -> None:
         assert store.refcounts("tor-b") == {("tor-b", "swp1", "red"): 1}
 
 
-def test_desired_port_refuses_unknown_service(store: Store) -> None:
+def test_desired_config_refuses_a_stored_service_gone_from_the_config(store: Store) -> None:
     store.add_connection(conn("c1", "gone"))
     with pytest.raises(StoreError, match="no longer configured: gone"):
-        store.desired_port("tor-a", "Ethernet1/1", VLANS)
+        carried(store)
 
 
 def test_applied_config_round_trip(store: Store) -> None:
