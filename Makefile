@@ -4,10 +4,10 @@ SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
 APT_PACKAGES := python3-venv iproute2 lldpd netconfd openssh-server openssh-client iputils-ping \
-	dnsmasq-base
+	dnsmasq-base libcap2-bin passwd
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint format bench deps clean proto
+.PHONY: demo sample test lint format bench deps clean proto
 
 $(STAMP): pyproject.toml
 	@./scripts/install-deps $(APT_PACKAGES)
@@ -21,7 +21,13 @@ $(STAMP): pyproject.toml
 
 deps: $(STAMP)
 
+# The whole system on a simulated node and TOR: pods get VFs, the TOR is programmed, the pings
+# and the teardown are checked (nsm-lab demo; exit 0 only if every expectation held).
 demo: $(STAMP)
+	$(VENV)/bin/nsm-lab demo
+
+# The bundled sample host: its inventory, then the device plugin's pools on it.
+sample: $(STAMP)
 	$(VENV)/bin/nicinventory --sample list --vfs
 	$(VENV)/bin/nicinventory --sample show ens1f0
 	@tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && \

@@ -19,6 +19,7 @@ from benchmarks import (
     Metric,
     bench_deviceplugin,
     bench_discovery,
+    bench_lab,
     bench_nsm,
     bench_nsmgr,
     bench_registry,
@@ -33,6 +34,7 @@ BENCHMARKS: dict[str, Callable[[bool], list[Metric]]] = {
     "nsmgr": bench_nsmgr.run,
     "registry": bench_registry.run,
     "nsm": bench_nsm.run,
+    "lab": bench_lab.run,
 }
 
 

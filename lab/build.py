@@ -1,16 +1,22 @@
 """Create, inspect and destroy a lab (see lab.topology for the names).
 
-- Every step is recorded in `<state dir>/state.json` *before* it acts, so `destroy` removes exactly
-  what this prefix made, even after a crash; and it also removes, by name, whatever the prefix
-  derives (the two netns, the management link, the user, the state dir) when no state file is
-  left at all. `up` starts with that cleanup.
-- The TOR: a netns with ports `swpN` (the VF veth peers) and an sshd reached over a management
-  veth `<prefix>-mg` (host) <-> `mgmt0` (TOR) on a free 172.31.x.y/30. Its login user has a bare
-  home (only .ssh/authorized_keys) and a login shell that is a private copy of `capsh` with the file
-  capability cap_net_admin (+p): the shell raises it as an ambient capability, so it and every `ip`
-  it runs hold CAP_NET_ADMIN and nothing else. Without CAP_SYS_ADMIN it cannot enter another netns:
-  it administers the TOR netns only. sshd runs under `ip netns exec` with a tmpfs on /var/log (in
-  that command's private mount namespace), so no wtmp/lastlog record outlives the lab.
+- Every step is recorded in `<state dir>/state.json` *before* it acts (a process as soon as it
+  exists), so `destroy` removes exactly what this prefix made, even after a crash; and it also
+  removes, by name, whatever the prefix derives (the two netns, every pod netns
+  `<prefix>-pod-*`, the management link, the users, the state dir) when no state file is left at
+  all. `up` starts with that cleanup.
+- The TOR: a netns with ports `swpN` (the VF veth peers), reached over a management veth
+  `<prefix>-mg` (host) <-> `mgmt0` (TOR) on a free 172.31.x.y/30. Two flavours (`Lab.switch`):
+  - `linux`: an sshd on port 22 for torshim's `linux` driver. Its login user has a bare home
+    (only .ssh/authorized_keys) and a login shell that is a private copy of `capsh` with the file
+    capability cap_net_admin (+p): the shell raises it as an ambient capability, so it and every
+    `ip` it runs hold CAP_NET_ADMIN and nothing else. Without CAP_SYS_ADMIN it cannot enter another
+    netns: it administers the TOR netns only. sshd runs under `ip netns exec` with a tmpfs on
+    /var/log (in that command's private mount namespace), so no wtmp/lastlog record outlives the lab.
+  - `netconf`: netconfd with the OpenConfig modules and its sshd (port 830, NETCONF only), both in
+    the TOR netns (lab.netconfd), user `<prefix>-nc`, for torshim's `openconfig` driver; and the TOR
+    agent process (`python -m lab.netconf_tor`) on the host, which applies every committed
+    switched-vlan config to the bridges of the TOR netns.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -32,6 +39,7 @@ from typing import Any
 
 import yaml
 
+from lab import netconfd
 from lab.sshd import sshd_config
 from lab.topology import Lab, names_for
 from nicinventory.fakesysfs import FakeSysfs, PFSpec, VFSpec
@@ -39,6 +47,8 @@ from nicinventory.fakesysfs import FakeSysfs, PFSpec, VFSpec
 SSHD = "/usr/sbin/sshd"
 CAPSH = shutil.which("capsh") or "/usr/sbin/capsh"
 MGMT_POOL = ipaddress.ip_network("172.31.0.0/16")
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+AGENT_READY_TIMEOUT = 20.0  # the agent's first sync: connect (~0.2 s), subscribe, one get-config
 
 Progress = Callable[[str], None]
 
@@ -125,6 +135,25 @@ def _cmdline(pid: int) -> str:
         return ""
 
 
+def _procs_naming(state_dir: str) -> list[int]:
+    """Live processes whose command line names a path in `state_dir` (never this process or
+    its ancestors)."""
+    mine, pid = set(), os.getpid()
+    while pid > 1 and pid not in mine:
+        mine.add(pid)
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                pid = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            break
+    want = state_dir.rstrip("/") + "/"
+    return [
+        int(e)
+        for e in os.listdir("/proc")
+        if e.isdigit() and int(e) not in mine and want in _cmdline(int(e)) and pid_alive(int(e))
+    ]
+
+
 def _reap(pid: int) -> None:
     with contextlib.suppress(ChildProcessError, OSError):
         os.waitpid(pid, os.WNOHANG)
@@ -145,6 +174,16 @@ def _kill_all(pids: list[int]) -> list[int]:
                 return alive
             time.sleep(0.01)
     return alive
+
+
+def pod_netns(prefix: str) -> list[str]:
+    """The pod netns of lab `prefix` (`<prefix>-pod-*`); prefixes hold no `-`, so never another
+    lab's."""
+    want = names_for(prefix).pod_ns_prefix
+    try:
+        return sorted(n for n in os.listdir("/run/netns") if n.startswith(want))
+    except OSError:
+        return []
 
 
 def netns_pids(ns: str) -> list[int]:
@@ -239,7 +278,7 @@ def _our_user(name: str, state_dir: str) -> bool:
         home = pwd.getpwnam(name).pw_dir
     except KeyError:
         return False
-    return os.path.dirname(home.rstrip("/")) == state_dir.rstrip("/")
+    return home.rstrip("/").startswith(state_dir.rstrip("/") + "/")
 
 
 def destroy(prefix: str, root: str | None = None, progress: Progress = _quiet) -> list[str]:
@@ -257,12 +296,16 @@ def destroy(prefix: str, root: str | None = None, progress: Progress = _quiet) -
             pid = int(s.get("pid", 0))
             if pid > 0 and names.state_dir in _cmdline(pid):
                 pids.append(pid)
-    for ns in (names.tor_ns, names.node_ns):
+    # ... and unrecorded ones naming the state dir (the TOR agent lives in the host netns: found
+    # so even when state.json is gone, or a crash came between its start and its record)
+    pids += [p for p in _procs_naming(names.state_dir) if p not in pids]
+    namespaces = [names.tor_ns, names.node_ns, *pod_netns(prefix)]
+    for ns in namespaces:
         pids += [p for p in netns_pids(ns) if p not in pids]
     for pid in _kill_all(pids):
         removed.append(f"process {pid}")
     # 2. namespaces (their links, veth peers included, go with them), 3. the host link
-    for ns in (names.tor_ns, names.node_ns):
+    for ns in namespaces:
         if netns_exists(ns):
             res = run("ip", "netns", "del", ns, check=False)
             if res.returncode == 0:
@@ -275,13 +318,14 @@ def destroy(prefix: str, root: str | None = None, progress: Progress = _quiet) -
             removed.append(f"link {names.mgmt_host_if}")
         else:
             errors.append(f"link {names.mgmt_host_if}: {res.stderr.strip()}")
-    # 4. the user, 5. the state dir
-    if _our_user(names.tor_user, names.state_dir):
-        try:
-            _retry_locked("userdel", names.tor_user)
-            removed.append(f"user {names.tor_user}")
-        except LabError as e:
-            errors.append(str(e))
+    # 4. the users (either flavour's, by name), 5. the state dir
+    for user in (names.tor_user, names.netconf_user):
+        if _our_user(user, names.state_dir):
+            try:
+                _retry_locked("userdel", user)
+                removed.append(f"user {user}")
+            except LabError as e:
+                errors.append(str(e))
     if os.path.isdir(names.state_dir):
         shutil.rmtree(names.state_dir, ignore_errors=True)
         removed.append(f"dir {names.state_dir}")
@@ -295,7 +339,7 @@ def destroy(prefix: str, root: str | None = None, progress: Progress = _quiet) -
 # -- up -----------------------------------------------------------------------------------------
 
 
-def check_host() -> None:
+def check_host(switch: str = "linux") -> None:
     if os.geteuid() != 0:
         raise LabError("nsm-lab needs root (network namespaces, a user, sshd)")
     for tool in ("ip", "ssh-keygen", "useradd", "userdel", "setcap"):
@@ -306,6 +350,17 @@ def check_host() -> None:
     for path in (SSHD, CAPSH):
         if not os.path.exists(path):
             raise LabError(f"nsm-lab needs {path} (apt-get install openssh-server libcap2-bin)")
+    if switch == "netconf":  # checked before anything is built
+        missing = netconfd.missing_tools()
+        if missing:
+            raise LabError(
+                f"nsm-lab --switch netconf needs {missing[0]} "
+                "(apt-get install netconfd openssh-server util-linux)"
+            )
+        try:
+            netconfd.find_yang_dir()
+        except netconfd.NetconfdError as e:
+            raise LabError(str(e)) from None
 
 
 def _ip_batch(lines: list[str], ns: str | None = None) -> None:
@@ -328,7 +383,7 @@ def _wait_listening(host: str, proc: subprocess.Popen[bytes], log: str) -> None:
 def up(lab: Lab, progress: Progress = _quiet) -> dict[str, Any]:
     """Build the lab (after removing any leftovers of the same prefix). On any failure or
     Ctrl-C, everything built so far is removed before the exception goes on."""
-    check_host()
+    check_host(lab.switch)
     root = os.path.dirname(lab.state_dir)
     cleaned = destroy(lab.prefix, root, progress)
     try:
@@ -401,8 +456,52 @@ def _build(lab: Lab, progress: Progress) -> dict[str, Any]:
     run("ip", "link", "set", lab.mgmt_host_if, "up")
     run("ip", "-n", lab.tor_ns, "addr", "add", f"{tor_ip}/30", "dev", lab.mgmt_tor_if)
     run("ip", "-n", lab.tor_ns, "link", "set", lab.mgmt_tor_if, "up")
-    st.set(mgmt={"subnet": str(net), "host": host_ip, "switch": tor_ip})
+    mgmt = {"subnet": str(net), "host": host_ip, "switch": tor_ip}
+    st.set(mgmt=mgmt)
 
+    if lab.switch == "netconf":
+        tor = _netconf_tor(lab, st, tor_ip, progress)
+    else:
+        tor = _linux_tor(lab, st, tor_ip, progress)
+    info = describe(lab, mgmt, tor.get("sshd_pid"), tor)
+    _write(os.path.join(sd, "lab.json"), json.dumps(info, indent=1) + "\n")
+    st.set(complete=True)
+    return info
+
+
+def _write_torshim_config(lab: Lab, switch: dict[str, Any]) -> None:
+    _write(
+        lab.torshim_config,
+        f"# Written by nsm-lab for the lab's {lab.switch} TOR; later steps add services and the "
+        "port map.\n" + yaml.safe_dump({"switches": [switch]}, sort_keys=False),
+    )
+    from torshim.config import load_config  # checked now, so later steps can rely on it
+
+    load_config(lab.torshim_config)
+
+
+def _switch_entry(
+    lab: Lab, host: str, port: int, user: str, key: str, known_hosts: str
+) -> dict[str, Any]:
+    """The `switches:` entry torshim (and the TOR agent) use to reach the lab's TOR."""
+    return {
+        "name": lab.tor_name,
+        "driver": lab.torshim_driver,
+        "host": host,
+        "port": port,
+        "username": user,
+        "key_file": key,
+        "known_hosts": known_hosts,
+        "host_key_checking": True,
+        "connect_timeout": 5,
+        "command_timeout": 10,
+        "confirm_timeout": 30,
+    }
+
+
+def _linux_tor(lab: Lab, st: State, tor_ip: str, progress: Progress) -> dict[str, Any]:
+    """The Linux TOR's user and sshd; returns its part of lab.json's `tor`."""
+    sd = lab.state_dir
     progress("TOR user")
     bindir, home, etc, client = (os.path.join(sd, d) for d in ("bin", "home", "etc", "client"))
     for d in (bindir, etc, client):
@@ -458,40 +557,89 @@ def _build(lab: Lab, progress: Progress) -> dict[str, Any]:
     _wait_listening(tor_ip, proc, log)
 
     progress("torshim config")
-    switch = {
-        "name": lab.tor_name,
-        "driver": "linux",
-        "host": tor_ip,
-        "port": 22,
-        "username": lab.tor_user,
-        "key_file": key,
-        "known_hosts": known_hosts,
-        "host_key_checking": True,
-        "connect_timeout": 5,
-        "command_timeout": 10,
-        "confirm_timeout": 30,
-    }
-    _write(
-        lab.torshim_config,
-        "# Written by nsm-lab for the lab's Linux TOR; later steps add services and the port map.\n"
-        + yaml.safe_dump({"switches": [switch]}, sort_keys=False),
+    _write_torshim_config(lab, _switch_entry(lab, tor_ip, 22, lab.tor_user, key, known_hosts))
+    return {"port": 22, "username": lab.tor_user, "sshd_pid": proc.pid, "key_file": key,
+            "known_hosts": known_hosts}  # fmt: skip
+
+
+def _netconf_tor(lab: Lab, st: State, tor_ip: str, progress: Progress) -> dict[str, Any]:
+    """netconfd + sshd in the TOR netns, the torshim config, then the TOR agent; returns their
+    part of lab.json's `tor`."""
+    sd = lab.state_dir
+    progress("netconfd and sshd in the TOR netns")
+    try:
+        server = netconfd.NetconfServer(
+            "candidate",
+            [vf.tor_port for vf in lab.vfs],  # NETCONF names = Linux port names: swpN
+            user=lab.netconf_user,
+            root=os.path.join(sd, "netconf"),
+            netns=lab.tor_ns,
+            listen=tor_ip,
+            port=netconfd.NETCONF_PORT,
+            yang_dir=netconfd.find_yang_dir(),
+            on_user=lambda name: st.record("user", name=name),
+            on_process=lambda what, pid: st.record("process", pid=pid, what=what),
+        ).start()
+    except netconfd.NetconfdError as e:
+        raise LabError(str(e)) from None
+    assert server.sshd_pid is not None and server.netconfd_pid is not None  # started
+
+    progress("torshim config")
+    _write_torshim_config(
+        lab,
+        _switch_entry(lab, tor_ip, server.port, server.user, server.key_file, server.known_hosts),
     )
-    from torshim.config import load_config  # checked now, so later steps can rely on it
 
-    load_config(lab.torshim_config)
-    info = describe(lab, {"subnet": str(net), "host": host_ip, "switch": tor_ip}, proc.pid)
-    _write(os.path.join(sd, "lab.json"), json.dumps(info, indent=1) + "\n")
-    st.set(complete=True)
-    return info
+    progress("TOR agent")
+    agent_pid = _start_agent(lab, st)
+    return {"port": server.port, "username": server.user, "sshd_pid": server.sshd_pid,
+            "netconfd_pid": server.netconfd_pid, "agent_pid": agent_pid,
+            "key_file": server.key_file, "known_hosts": server.known_hosts}  # fmt: skip
 
 
-def describe(lab: Lab, mgmt: dict[str, str], sshd_pid: int | None) -> dict[str, Any]:
-    """What `up` prints: the lab as data."""
+def _start_agent(lab: Lab, st: State) -> int:
+    """`python -m lab.netconf_tor` for this lab (its command line names the state dir, so
+    destroy may kill it); returns its pid once its first sync is done."""
+    ready = os.path.join(lab.state_dir, "agent.ready")
+    log = os.path.join(lab.state_dir, "agent.log")
+    cmd = [
+        sys.executable, "-m", "lab.netconf_tor", "--config", lab.torshim_config,
+        "--switch", lab.tor_name, "--netns", lab.tor_ns,
+        "--ports", ",".join(vf.tor_port for vf in lab.vfs), "--ready-file", ready,
+    ]  # fmt: skip
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            cmd,
+            cwd=REPO,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,  # Ctrl-C on the terminal is ours to handle, not its
+        )
+    st.record("process", pid=proc.pid, what="tor-agent")
+    deadline = time.monotonic() + AGENT_READY_TIMEOUT
+    while not os.path.exists(ready):
+        if proc.poll() is not None:
+            with open(log, errors="replace") as f:
+                tail = " ".join(f.read()[-300:].split())
+            raise LabError(f"TOR agent exited with {proc.returncode}: {tail}")
+        if time.monotonic() > deadline:
+            raise LabError(f"TOR agent: no first sync after {AGENT_READY_TIMEOUT:g} s (see {log})")
+        time.sleep(0.01)
+    return proc.pid
+
+
+def describe(
+    lab: Lab, mgmt: dict[str, str], sshd_pid: int | None, tor: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """What `up` prints: the lab as data. `tor`: the flavour's own fields (port, username, pids,
+    client files)."""
     return {
         "prefix": lab.prefix,
         "node": lab.node_name,
         "state_dir": lab.state_dir,
         "namespaces": {"node": lab.node_ns, "tor": lab.tor_ns},
+        "pod_netns_prefix": lab.pod_ns_prefix,
         "sysfs_root": lab.sysfs,
         "pfs": [
             {
@@ -514,13 +662,16 @@ def describe(lab: Lab, mgmt: dict[str, str], sshd_pid: int | None) -> dict[str, 
         ],
         "tor": {
             "name": lab.tor_name,
-            "driver": "linux",
+            "switch": lab.switch,  # the flavour: linux | netconf
+            "driver": lab.torshim_driver,  # torshim's driver for it: linux | openconfig
             "address": mgmt.get("switch"),
+            "port": 22,
             "host_address": mgmt.get("host"),
             "management_link": lab.mgmt_host_if,
             "username": lab.tor_user,
             "sshd_pid": sshd_pid,
             "torshim_config": lab.torshim_config,
+            **(tor or {}),
         },
     }
 
@@ -545,6 +696,38 @@ def ssh_command(
         return subprocess.CompletedProcess(cmd, 255, "", "timed out")
 
 
+def netconf_hello(info: dict[str, Any]) -> tuple[bool, str]:
+    """Open a NETCONF session to the lab's netconf TOR as torshim would (its key, known_hosts,
+    host key checked); (worked, what it offers or why not)."""
+    from torshim.drivers.base import SwitchParams  # torshim is needed only for this check
+    from torshim.netconf import CAP, connect
+
+    tor = info["tor"]
+    params = SwitchParams(
+        name=tor["name"],
+        driver=tor["driver"],
+        host=tor["address"],
+        port=tor["port"],
+        username=tor["username"],
+        key_file=tor["key_file"],
+        known_hosts=tor["known_hosts"],
+        connect_timeout=3,
+        command_timeout=3,
+    )
+    try:
+        m = connect(params)
+    except Exception as e:  # any failure is the answer
+        return False, " ".join(str(e).split())[:120]
+    try:
+        caps = {c.split("?", 1)[0] for c in m.server_capabilities}
+        offers = [c for c in ("candidate", "confirmed-commit", "notification")
+                  if any(u.startswith(CAP + c + ":") for u in caps)]  # fmt: skip
+        return True, f"NETCONF hello, session {m.session_id}: {', '.join(offers)}"
+    finally:
+        with contextlib.suppress(Exception):
+            m.close_session()
+
+
 def status(prefix: str, root: str | None = None) -> dict[str, Any]:
     """Is each piece of the lab there? `ok` is true only when all of it is."""
     names = names_for(prefix, root)
@@ -564,30 +747,48 @@ def status(prefix: str, root: str | None = None) -> dict[str, Any]:
     check("state", names.state_dir, complete and info is not None, word)
     for ns in (names.node_ns, names.tor_ns):
         check("netns", ns, netns_exists(ns))
+    pods = pod_netns(prefix)
+    if pods:  # information only: pods come and go with the workloads
+        check("pods", names.pod_ns_prefix + "*", True, ", ".join(pods))
     if info is not None:
         node_links, tor_links = link_names(names.node_ns), link_names(names.tor_ns)
         for pf in info["pfs"]:
             for vf in pf["vfs"]:
-                ok = vf["netdev"] in node_links and vf["tor_port"] in tor_links
-                check(
-                    "vf",
-                    vf["netdev"],
-                    ok,
-                    f"{vf['pci_address']} <-> {names.tor_ns}:{vf['tor_port']}",
-                )
+                # A veth end lives exactly as long as its peer: the TOR port says whether the VF
+                # exists; not in the node netns means a pod has it (renamed there, e.g. nsm0).
+                ok = vf["tor_port"] in tor_links
+                detail = f"{vf['pci_address']} <-> {names.tor_ns}:{vf['tor_port']}"
+                where = "" if vf["netdev"] in node_links or not ok else " (in a pod)"
+                check("vf", vf["netdev"], ok, detail + where)
+        tor = info["tor"]
         check("link", names.mgmt_host_if, names.mgmt_host_if in link_names(),
-              f"{info['tor']['host_address']} -> {info['tor']['address']}")  # fmt: skip
-        pid = info["tor"]["sshd_pid"]
-        alive = bool(pid) and pid_alive(pid) and names.state_dir in _cmdline(pid)
-        check("sshd", str(pid), alive)
-        res = ssh_command(info, "ip -br link show dev mgmt0") if alive else None
-        ok = res is not None and res.returncode == 0 and "mgmt0" in res.stdout
-        detail = (
-            "ssh login, ip runs"
-            if ok
-            else (" ".join((res.stderr or "").split())[:120] if res else "")
-        )
-        check("reachable", f"{info['tor']['username']}@{info['tor']['address']}", ok, detail)
+              f"{tor['host_address']} -> {tor['address']}")  # fmt: skip
+
+        def alive(what: str, key: str) -> bool:
+            pid = tor.get(key)
+            ok = bool(pid) and pid_alive(pid) and names.state_dir in _cmdline(pid)
+            check(what, str(pid), ok)
+            return ok
+
+        if tor.get("switch", "linux") == "netconf":
+            # `&`, not `and`: both get their check row
+            up = alive("netconfd", "netconfd_pid") & alive("sshd", "sshd_pid")
+            alive("tor-agent", "agent_pid")
+            ok, detail = netconf_hello(info) if up else (False, "")
+            check("reachable", f"{tor['username']}@{tor['address']}:{tor['port']}", ok, detail)
+        else:
+            res = (
+                ssh_command(info, "ip -br link show dev mgmt0")
+                if alive("sshd", "sshd_pid")
+                else None
+            )
+            ok = res is not None and res.returncode == 0 and "mgmt0" in res.stdout
+            detail = (
+                "ssh login, ip runs"
+                if ok
+                else (" ".join((res.stderr or "").split())[:120] if res else "")
+            )
+            check("reachable", f"{tor['username']}@{tor['address']}", ok, detail)
     return {
         "prefix": prefix,
         "ok": all(c["ok"] for c in checks),

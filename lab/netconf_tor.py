@@ -9,8 +9,8 @@ Layout (as torshim.drivers.linux): one bridge per VLAN, `<prefix><vlan>` (defaul
   trunk mode.
 Only the difference between the wanted masters and what `ip -j link` shows is applied.
 
-Change detection: notifications. Checked against Debian's netconfd (yuma123 2.13) with
-tests/torshim/netconf_server.py: after `<create-subscription/>` (NETCONF stream) every commit sends
+Change detection: notifications. Checked against Debian's netconfd (yuma123 2.13) as
+lab/netconfd.py runs it: after `<create-subscription/>` (NETCONF stream) every commit sends
 `netconf-config-change` (ietf-netconf-notifications) a few ms after it, and a confirmed commit also
 sends `netconf-confirmed-commit` (start/complete, and cancel/timeout on rollback). The agent
 re-reads running on *any* notification (a rollback changes running too), plus a slow safety poll
@@ -18,16 +18,29 @@ re-reads running on *any* notification (a rollback changes running too), plus a 
 not offer `:notification` or refuses the subscription, the agent polls running every
 `poll_interval` (200 ms) and applies only when the raw XML changed. A lost session is reconnected
 (and re-subscribed) with a back-off; `stop()` ends the thread within about `tick` (0.2 s).
+
+As a process (how `nsm-lab up --switch netconf` runs it, recorded so `destroy` ends it):
+
+    python -m lab.netconf_tor --config SD/torshim.yaml --switch NAME --netns NS \
+        --ports swp1,swp2,Ethernet1/3=swp3 [--ready-file FILE]
+
+It reaches the switch as torshim does (the `switches:` entry NAME of the config), writes
+`<pid> <mode>` to the ready file after its first sync, and runs until SIGTERM or SIGINT (exit 0).
+Bad arguments or config: one line on stderr, exit 2; no first sync within `--timeout`: exit 1.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
+import os
+import signal
 import subprocess
+import sys
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from lxml import etree
@@ -35,6 +48,7 @@ from lxml import etree
 from torshim import validate
 from torshim.drivers.base import SwitchParams
 from torshim.drivers.openconfig import parse_ports, read_filter
+from torshim.errors import ShimError
 from torshim.model import PortConfig
 from torshim.netconf import NetconfSession
 
@@ -245,3 +259,78 @@ class TorAgent:
         if done:
             log.info("TOR agent %s: %s", self.netns, "; ".join(done))
         return done
+
+
+# -- as a process -------------------------------------------------------------------------------
+
+
+def parse_port_map(items: Sequence[str]) -> dict[str, str]:
+    """`swp1,Ethernet1/2=swp2` (comma separated, repeatable) -> {NETCONF name: Linux name}.
+    ValidationError for a bad name, ValueError for none at all."""
+    out: dict[str, str] = {}
+    for item in (p.strip() for text in items for p in text.split(",")):
+        if item:
+            nc, _, dev = item.partition("=")
+            out[validate.interface(nc)] = validate.linux_ifname(dev or nc)
+    if not out:
+        raise ValueError("no ports given")
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="python -m lab.netconf_tor",
+        description="Apply a NETCONF switch's committed switched-vlan config to Linux bridges.",
+    )
+    p.add_argument("--config", required=True, help="torshim config naming the switch")
+    p.add_argument("--switch", required=True, help="the switch's name in that config")
+    p.add_argument("--netns", required=True, help="the netns holding the ports and bridges")
+    p.add_argument("--ports", action="append", required=True, help="NC[=LINUX],... port names")
+    p.add_argument("--bridge-prefix", default="br-v")
+    p.add_argument("--ready-file", help="written (`<pid> <mode>`) once the first sync is done")
+    p.add_argument("--timeout", type=float, default=15.0, help="for the first sync (s)")
+    p.add_argument("-v", "--verbose", action="store_true")
+    args = p.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    if not args.verbose:  # ncclient logs every RPC at INFO: one line per safety poll
+        for name in ("ncclient", "paramiko"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+    from torshim.config import load_config  # only the process needs the config loader
+
+    try:
+        params = load_config(args.config).switch_params(args.switch)
+        agent = TorAgent(params, args.netns, parse_port_map(args.ports), args.bridge_prefix)
+    except (ShimError, ValueError) as e:
+        print(f"netconf_tor: {' '.join(str(e).split())}", file=sys.stderr)
+        return 2
+    stop = threading.Event()
+
+    def _stop(_signum: int, _frame: Any) -> None:
+        stop.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, _stop)
+    try:
+        agent.start(args.timeout)
+    except RuntimeError as e:
+        print(f"netconf_tor: {' '.join(str(e).split())}", file=sys.stderr)
+        return 1
+    if args.ready_file:  # written whole, then renamed: a reader never sees half of it
+        tmp = f"{args.ready_file}.tmp"
+        with open(tmp, "w") as f:
+            f.write(f"{os.getpid()} {agent.mode}\n")
+        os.replace(tmp, args.ready_file)
+    log.info("TOR agent %s: running (%s), %d ports", args.netns, agent.mode, len(agent.ports))
+    while not stop.wait(1.0):
+        pass
+    log.info("TOR agent %s: stopping", args.netns)
+    agent.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -5,7 +5,9 @@ Every name derives from the prefix, so two labs with different prefixes never co
     <prefix>-node   the node's network namespace (VF netdevs, named as in the fake sysfs)
     <prefix>-tor    the TOR's network namespace (ports swpN, bridges, mgmt0, sshd)
     <prefix>-mg     the host end of the management veth (its peer is mgmt0 in the TOR netns)
-    <prefix>-sw     the TOR's login user
+    <prefix>-sw     the TOR's login user (Linux TOR)
+    <prefix>-nc     the NETCONF user of the netconf TOR (netconfd's superuser)
+    <prefix>-pod-<namespace>.<name>   the netns of a pod on the node (made by later steps)
     <state root>/<prefix>/   the state dir: fake sysfs, keys, sshd files, torshim config, state
 """
 
@@ -28,6 +30,10 @@ IFNAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,14}$")  # Linux: at most 1
 STATE_ROOT_ENV = "NSM_LAB_STATE_ROOT"
 DEFAULT_STATE_ROOT = "/run/nsm-lab"
 MAX_VFS = 64  # a lab, not a host: more VFs than this is a typo
+# TOR flavours: `linux` (bridges administered over SSH with `ip`) and `netconf` (netconfd with the
+# OpenConfig modules; an agent applies its committed switched-vlan config to the bridges).
+SWITCHES = ("linux", "netconf")
+TORSHIM_DRIVER = {"linux": "linux", "netconf": "openconfig"}  # flavour -> torshim driver
 
 # The bundled lab: one node with two PFs of different capabilities, cabled to one Linux TOR.
 # Each VF netdev is a veth end in the node netns; its peer is TOR port swpN (numbered in order).
@@ -74,6 +80,20 @@ class Lab:
     tor_user: str
     state_dir: str
     pfs: tuple[PF, ...] = field(default_factory=tuple)
+    switch: str = "linux"  # the TOR flavour, one of SWITCHES
+
+    @property
+    def netconf_user(self) -> str:
+        return f"{self.prefix}-nc"
+
+    @property
+    def pod_ns_prefix(self) -> str:
+        """Pods get netns `<prefix>-pod-<namespace>.<name>`: destroy removes all of them."""
+        return f"{self.prefix}-pod-"
+
+    @property
+    def torshim_driver(self) -> str:
+        return TORSHIM_DRIVER[self.switch]
 
     @property
     def vfs(self) -> list[VF]:
@@ -142,11 +162,21 @@ def load_spec(path: str | None = None) -> dict[str, Any]:
     return data
 
 
+def check_switch(switch: str) -> str:
+    if switch not in SWITCHES:
+        raise SpecError(f"invalid switch {switch!r}: one of {', '.join(SWITCHES)}")
+    return switch
+
+
 def build_topology(
-    spec: dict[str, Any], prefix: str = DEFAULT_PREFIX, root: str | None = None
+    spec: dict[str, Any],
+    prefix: str = DEFAULT_PREFIX,
+    root: str | None = None,
+    switch: str = "linux",
 ) -> Lab:
     """The lab a spec describes, every name checked (interface names fit in 15 chars)."""
     check_prefix(prefix)
+    check_switch(switch)
     unknown = set(spec) - {"node", "pfs"}
     if unknown:
         raise SpecError(f"spec: unknown key {sorted(unknown)[0]!r} (known: node, pfs)")
@@ -212,6 +242,7 @@ def build_topology(
         tor_user=f"{prefix}-sw",
         state_dir=os.path.join(root or state_root(), prefix),
         pfs=tuple(pfs),
+        switch=switch,
     )
     check_ifname(lab.mgmt_host_if, "management link")
     return lab
@@ -231,3 +262,11 @@ def names_for(prefix: str, root: str | None = None) -> Lab:
         tor_user=f"{prefix}-sw",
         state_dir=os.path.join(root or state_root(), prefix),
     )
+
+
+def lab_from_dict(data: dict[str, Any]) -> Lab:
+    """The Lab a state file recorded (`Lab.to_dict()`), for commands run after `up`."""
+    pfs = tuple(
+        PF(**{**pf, "vfs": tuple(VF(**vf) for vf in pf["vfs"])}) for pf in data.get("pfs", ())
+    )
+    return Lab(**{**data, "pfs": pfs})

@@ -31,6 +31,7 @@ METRICS = {
     "deviceplugin.rss": "MB",
     "deviceplugin.rss_bare_grpc": "MB",
     "deviceplugin.rss_ratio": "x",
+    "lab.demo": "ms",
 }
 WITH_GOAL = {
     "discovery.full_scan",
@@ -90,3 +91,8 @@ def test_quick_run_reports_every_metric_as_json() -> None:
     assert rss["vfs"] == 1024 and rss["pools"] == 3 and isinstance(rss["events"], bool)
     assert rss["vm_rss_kb"] > by_name["deviceplugin.rss_bare_grpc"]["vm_rss_kb"] > 0
     assert doc["missed"] == [m["name"] for m in doc["metrics"] if m["verdict"] == "MISSED"]
+    lab = by_name["lab.demo"]
+    if "skipped" not in lab["label"]:  # root with sshd: the demo ran, with its phases and ratio
+        assert lab["failed_runs"] == 0 and lab["verdict"] != "-"
+        assert set(lab["phases_s"]) >= {"lab", "components", "connect", "ping", "total"}
+        assert _number(by_name["lab.demo_to_bare"]["median"])

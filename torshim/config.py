@@ -5,6 +5,7 @@ switches:
      password_file: secrets/tor-a.password}          # secrets only ever come from files
 port_map:
   - {node: node-a, pf: ens1f0, switch: tor-a, port: Ethernet1/1}   # pf: ifname or PCI address
+  - {node: node-a, pf: ens1f0, vf: "0000:3b:01.0", switch: tor-a, port: Ethernet1/9}  # own port
 services:
   - {name: myns.example.com, domain: example.com, vlan: 100, subnet: 10.100.0.0/24,
      namespaces: [myns]}
@@ -227,10 +228,24 @@ class SwitchPort(NamedTuple):
 
 
 class PortMapEntry(_Model):
+    """Where a PF is cabled; with `vf`, a VF that has a switch port of its own (the lab's veth VFs,
+    a VF cabled through a passive breakout): that port carries the service untagged, in access
+    mode, and the VF gets no VLAN tag."""
+
     node: str
     pf: str  # interface name or PCI address (stored in full, lower case)
     switch: str
     port: str
+    vf: str | None = None  # the VF's PCI address
+
+    @pydantic.field_validator("vf")
+    @classmethod
+    def _vf(cls, v: str | None) -> str | None:
+        if v is None:
+            return None
+        if not PCI_RE.match(v):
+            raise ValueError(f"invalid VF {v!r} (a PCI address)")
+        return normalise_pf(v)
 
     @pydantic.field_validator("node")
     @classmethod
@@ -512,7 +527,14 @@ class ShimConfig(_Model):
                 raise FieldError(f"port_map.{i}.switch", f"no switch named {e.switch!r}")
             if rails.is_protected(e.switch, e.port):
                 raise FieldError(f"port_map.{i}.port", f"{e.switch} {e.port} is a protected port")
-        _unique("port_map", "pf", [((e.node, e.pf), f"{e.node} {e.pf}") for e in self.port_map])
+        _unique(
+            "port_map",
+            "pf",
+            [
+                ((e.node, e.pf, e.vf), f"{e.node} {e.pf}" + (f" VF {e.vf}" if e.vf else ""))
+                for e in self.port_map
+            ],
+        )
         _unique(
             "port_map",
             "port",
@@ -576,8 +598,18 @@ class ShimConfig(_Model):
             m = PCI_RE.match(ref)
             key = normalise_pf(ref) if m else ref
             for e in self.port_map:
-                if e.node == node and e.pf == key:
+                if e.node == node and e.pf == key and e.vf is None:
                     return SwitchPort(e.switch, e.port)
+        return None
+
+    def vf_port(self, node: str, vf: str) -> SwitchPort | None:
+        """The switch port of a VF that has one of its own (a `vf` entry), else None."""
+        if not PCI_RE.match(vf):
+            return None
+        key = normalise_pf(vf)
+        for e in self.port_map:
+            if e.node == node and e.vf == key:
+                return SwitchPort(e.switch, e.port)
         return None
 
     def service(self, ref: str) -> Service:

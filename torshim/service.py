@@ -20,7 +20,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from torshim import ports as portlogic
 from torshim import validate
@@ -172,7 +172,9 @@ class Shim:
                 f"namespace {att.namespace or '(none)'!r} may not use service {service.ref}"
             )
         refs = [n for n in (att.pf, att.pf_pci) if n]
-        where = self.config.port_for(att.node, *refs) if refs else None
+        where = self.config.vf_port(att.node, att.vf_pci) if att.vf_pci else None
+        if where is None and refs:
+            where = self.config.port_for(att.node, *refs)
         if where is None and att.tor_switch and att.tor_port:
             validate.name(att.tor_switch, "switch name")
             validate.interface(att.tor_port)
@@ -196,6 +198,8 @@ class Shim:
     def request(self, att: Attachment, timeout: float | None = None) -> Grant:
         """Make the port carry the service for this connection; idempotent per connection id."""
         start = time.monotonic()
+        if att.vf_pci and self.config.vf_port(att.node, att.vf_pci) is not None:
+            att = replace(att, mode="access")  # the VF's own port: untagged
         service, (switch, port) = self.resolve(att)
         conn = Connection(
             id=att.id,

@@ -25,10 +25,10 @@ from typing import TypeVar
 
 import grpc
 
+from lab.kubelet import KubeletStandIn, PodResourcesStandIn, SeenDevice
 from nicinventory.fakesysfs import BuiltHost, FakeSysfs, build_host, load_spec
 from sriov_nsm_wire.deviceplugin.v1beta1 import api_pb2 as dp_pb
 from sriov_nsm_wire.deviceplugin.v1beta1 import api_pb2_grpc as dp_grpc
-from tests.deviceplugin.kubelet import KubeletStandIn, PodResourcesStandIn, SeenDevice
 
 WAIT = 15.0  # upper bound of every wait; a passing run never gets near it
 ROOT = Path(__file__).resolve().parents[2]

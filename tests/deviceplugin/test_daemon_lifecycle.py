@@ -19,6 +19,12 @@ from deviceplugin import manager as manager_mod
 from deviceplugin.manager import DevicePluginManager, Options
 from deviceplugin.registration import socket_stem
 from deviceplugin.server import default_socket_name
+from lab.kubelet import (
+    AdmissionError,
+    KubeletStandIn,
+    PluginWatcherStandIn,
+    PodResourcesStandIn,
+)
 from tests.deviceplugin.daemon import (
     CX6_VFS,
     ENS1F0_VFS,
@@ -35,12 +41,6 @@ from tests.deviceplugin.daemon import (
     unhealthy,
     wait_registered,
     wait_until,
-)
-from tests.deviceplugin.kubelet import (
-    AdmissionError,
-    KubeletStandIn,
-    PluginWatcherStandIn,
-    PodResourcesStandIn,
 )
 
 SHARED, OTHER = "example.com/100g", "other.org/100g"

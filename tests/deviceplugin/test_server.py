@@ -32,11 +32,7 @@ from deviceplugin.types import (
     DeviceState,
     HostMount,
 )
-from sriov_nsm_wire.deviceplugin.v1beta1 import api_pb2 as dp_pb
-from sriov_nsm_wire.deviceplugin.v1beta1 import api_pb2_grpc as dp_grpc
-from sriov_nsm_wire.podresources.v1 import api_pb2 as pr_pb
-from sriov_nsm_wire.podresources.v1 import api_pb2_grpc as pr_grpc
-from tests.deviceplugin.kubelet import (
+from lab.kubelet import (
     AdmissionError,
     KubeletStandIn,
     PluginWatcherStandIn,
@@ -44,6 +40,10 @@ from tests.deviceplugin.kubelet import (
     SeenDevice,
     WatcherResult,
 )
+from sriov_nsm_wire.deviceplugin.v1beta1 import api_pb2 as dp_pb
+from sriov_nsm_wire.deviceplugin.v1beta1 import api_pb2_grpc as dp_grpc
+from sriov_nsm_wire.podresources.v1 import api_pb2 as pr_pb
+from sriov_nsm_wire.podresources.v1 import api_pb2_grpc as pr_grpc
 
 RES = "example.com/100g"
 A, B, C = "0000:3b:02.0", "0000:3b:02.1", "0000:af:02.0"

@@ -7,47 +7,101 @@ import pwd
 import shutil
 import subprocess
 import sys
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
-from lab import build
+from lab import build, netconfd
 from lab.topology import names_for
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-needs_lab = pytest.mark.skipif(
+_NO_LAB = (
     os.geteuid() != 0
     or not all(os.path.exists(p) for p in (build.SSHD, build.CAPSH))
-    or any(shutil.which(t) is None for t in ("ip", "setcap", "useradd", "ssh", "ssh-keygen")),
-    reason="needs root, iproute2, openssh-server/client, libcap2-bin and useradd",
+    or any(shutil.which(t) is None for t in ("ip", "setcap", "useradd", "ssh", "ssh-keygen"))
+)
+needs_lab = pytest.mark.skipif(
+    _NO_LAB, reason="needs root, iproute2, openssh-server/client, libcap2-bin and useradd"
 )
 
 
-def nsm_lab(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    """`nsm-lab ARGS` as a subprocess (the console script's module)."""
+def _has_yang() -> bool:
+    try:
+        netconfd.find_yang_dir()
+    except netconfd.NetconfdError:
+        return False
+    return True
+
+
+needs_netconf_lab = pytest.mark.skipif(
+    _NO_LAB or bool(netconfd.missing_tools()) or not _has_yang(),
+    reason="needs what the Linux lab needs, netconfd, setpriv and the OpenConfig YANG modules "
+    f"(${netconfd.YANG_ENV} or ../shared/yang/openconfig)",
+)
+
+
+def nsm_lab(
+    *args: str, check: bool = True, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """`nsm-lab ARGS` as a subprocess (the console script's module); `env`: added variables."""
     res = subprocess.run(
-        [sys.executable, "-m", "lab.cli", *args], capture_output=True, text=True, cwd=REPO
+        [sys.executable, "-m", "lab.cli", *args],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, **(env or {})},
     )
     if check and res.returncode != 0:
         raise AssertionError(f"nsm-lab {' '.join(args)}: rc={res.returncode}\n{res.stderr}")
     return res
 
 
+def ping(ns: str, addr: str) -> bool:
+    """One ping from netns `ns`; True if answered within a second."""
+    res = subprocess.run(["ip", "netns", "exec", ns, "ping", "-c1", "-W1", "-q", addr],
+                         capture_output=True)  # fmt: skip
+    return res.returncode == 0
+
+
+def wait_until(cond: Callable[[], bool], timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return True
+        time.sleep(0.02)
+    return cond()
+
+
+def lab_processes(state_dir: str) -> list[str]:
+    """Live processes whose command line names the state dir (the lab's own), as `pid cmdline`."""
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and build.pid_alive(int(entry)):
+            cmd = build._cmdline(int(entry))
+            if state_dir + "/" in cmd or cmd.rstrip().endswith(state_dir):
+                out.append(f"{entry} {cmd[:120]}")
+    return out
+
+
 def leftovers(prefix: str) -> list[str]:
     """Anything of lab `prefix` still on the machine."""
     n = names_for(prefix)
-    out = [f"netns {ns}" for ns in (n.node_ns, n.tor_ns) if build.netns_exists(ns)]
+    nss = [n.node_ns, n.tor_ns, *build.pod_netns(prefix)]
+    out = [f"netns {ns}" for ns in nss if build.netns_exists(ns)]
     if n.mgmt_host_if in build.link_names():
         out.append(f"link {n.mgmt_host_if}")
-    try:
-        pwd.getpwnam(n.tor_user)
-        out.append(f"user {n.tor_user}")
-    except KeyError:
-        pass
+    for user in (n.tor_user, n.netconf_user):
+        try:
+            pwd.getpwnam(user)
+            out.append(f"user {user}")
+        except KeyError:
+            pass
     if os.path.exists(n.state_dir):
         out.append(f"dir {n.state_dir}")
+    out += [f"process {p}" for p in lab_processes(n.state_dir)]
     return out
 
 

@@ -25,7 +25,7 @@ pytestmark = [pytest.mark.netns, needs_lab]
 
 
 def test_round_trip_as_subprocesses(prefix):
-    up = json.loads(nsm_lab("up", "--prefix", prefix, "-o", "json").stdout)
+    up = json.loads(nsm_lab("up", "--bare", "--prefix", prefix, "-o", "json").stdout)
     assert [len(pf["vfs"]) for pf in up["pfs"]] == [4, 2]
     assert up["pfs"][1]["vfs"][1] == {
         "index": 1,
@@ -100,7 +100,7 @@ def test_up_over_a_killed_run_cleans_its_leftovers(prefix):
     proc.kill()
     proc.wait()
     assert leftovers(prefix), "the killed run left nothing to clean"
-    up = json.loads(nsm_lab("up", "--prefix", prefix, "-o", "json").stdout)
+    up = json.loads(nsm_lab("up", "--bare", "--prefix", prefix, "-o", "json").stdout)
     assert any(c.startswith("netns ") for c in up["cleaned"])
     assert build.status(prefix)["ok"]
     # and with no state file at all, cleanup goes by the prefix's names

@@ -3,11 +3,12 @@ on a Linux bridge data plane that two pods ping across."""
 
 from __future__ import annotations
 
+import signal
 import subprocess
-import time
-from collections.abc import Callable
+import sys
 
 import pytest
+import yaml
 
 from lab import netconf_tor
 from lab.netconf_tor import TorAgent, links
@@ -15,7 +16,10 @@ from tests.conftest import (
     ip,
     netns,  # noqa: F401 - a fixture
 )
+from tests.lab.conftest import ping as _ping
+from tests.lab.conftest import wait_until as _wait
 from tests.torshim.netconf_server import needs_netconfd, running_server
+from tests.torshim.shim_helpers import netconf_switch
 from torshim.drivers.openconfig import OpenConfigDriver
 from torshim.model import PortConfig
 
@@ -23,21 +27,6 @@ pytestmark = [pytest.mark.netns, needs_netconfd]
 
 NC_PORTS = ("Ethernet1/1", "Ethernet1/2", "Ethernet1/3")
 PORTS = {p: f"swp{i}" for i, p in enumerate(NC_PORTS, 1)}
-
-
-def _ping(ns: str, addr: str) -> bool:
-    res = subprocess.run(["ip", "netns", "exec", ns, "ping", "-c1", "-W1", "-q", addr],
-                         capture_output=True)  # fmt: skip
-    return res.returncode == 0
-
-
-def _wait(cond: Callable[[], bool], timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(0.02)
-    return cond()
 
 
 def _master(ns: str, dev: str) -> str | None:
@@ -89,3 +78,39 @@ def test_agent_follows_netconf_commits_onto_bridges(netns, monkeypatch, mode):  
             agent.stop()
             driver.close()
     assert agent._thread is None
+
+
+def test_agent_as_a_process_until_sigterm(netns, tmp_path):  # noqa: F811
+    """`python -m lab.netconf_tor`, as `nsm-lab up --switch netconf` runs it: ready after its
+    first sync, follows commits, exits 0 on SIGTERM."""
+    tor = netns()
+    for dev in PORTS.values():
+        ip("link", "add", dev, "type", "veth", "peer", "name", f"p-{dev}", ns=tor)
+    with running_server() as server:
+        config = tmp_path / "torshim.yaml"
+        config.write_text(yaml.safe_dump({"switches": [netconf_switch(server)]}))
+        ready = tmp_path / "ready"
+        ports = ",".join(f"{nc}={dev}" for nc, dev in PORTS.items())
+        log = open(tmp_path / "agent.log", "w+")  # noqa: SIM115 - read after the process ends
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "lab.netconf_tor", "--config", str(config), "--switch", "tor1",
+             "--netns", tor, "--ports", ports, "--ready-file", str(ready)],
+            stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        driver = OpenConfigDriver(server.params())
+        try:
+            assert _wait(lambda: ready.exists() or proc.poll() is not None, 20), "no ready file"
+            assert ready.read_text().split() == [str(proc.pid), "notifications"]
+            driver.converge({"Ethernet1/3": PortConfig("Ethernet1/3", "access", 300)})
+            assert _wait(lambda: _master(tor, "swp3") == "br-v300")
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(10) == 0
+        finally:
+            driver.close()
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            log.seek(0)
+            text = log.read()
+            log.close()
+    assert "swp3 master br-v300" in text and "stopping" in text, text

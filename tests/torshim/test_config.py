@@ -575,6 +575,59 @@ def test_port_for(cfg: ShimConfig, node: str, pfs: list[str], expected: Any) -> 
         assert isinstance(got, SwitchPort) and (got.switch, got.port) == expected
 
 
+def test_a_vf_with_its_own_port_is_found_by_its_pci_address(tmp_path: Path) -> None:
+    def vf_entries(d: dict[str, Any]) -> None:
+        d["port_map"] += [
+            {"node": "node-a", "pf": "ens1f0", "vf": "3B:01.0", "switch": "tor-b", "port": "swp7"},
+            {
+                "node": "node-a",
+                "pf": "ens1f0",
+                "vf": "0000:3b:01.1",
+                "switch": "tor-b",
+                "port": "swp8",
+            },
+        ]
+
+    cfg = load_config(write(tmp_path, edit(vf_entries)))
+    assert cfg.vf_port("node-a", "0000:3b:01.0") == ("tor-b", "swp7")
+    assert cfg.vf_port("node-a", "3b:01.1") == ("tor-b", "swp8")
+    assert cfg.vf_port("node-b", "0000:3b:01.0") is None  # the same address on another node
+    assert cfg.vf_port("node-a", "0000:3b:01.2") is None
+    assert cfg.vf_port("node-a", "not-a-pci") is None
+    # the PF's own entry stays the PF's: a VF entry never answers for the whole PF
+    assert cfg.port_for("node-a", "ens1f0") == ("tor-a", "Ethernet1/1")
+
+
+@pytest.mark.parametrize(
+    ("entry", "text"),
+    [
+        ({"vf": "ens1f0v0"}, "invalid VF"),
+        ({"vf": "0000:3b:01.0", "port": "Ethernet1/1"}, "already port_map.0"),  # port taken
+    ],
+)
+def test_bad_vf_entries_are_refused(tmp_path: Path, entry: dict[str, str], text: str) -> None:
+    def add(d: dict[str, Any]) -> None:
+        new = {"node": "node-a", "pf": "ens1f0", "switch": "tor-a", "port": "Ethernet1/9"}
+        new.update(entry)
+        d["port_map"].append(new)
+
+    with pytest.raises(ConfigError, match=text):
+        load_config(write(tmp_path, edit(add)))
+
+
+def test_two_entries_for_one_vf_are_refused(tmp_path: Path) -> None:
+    def add(d: dict[str, Any]) -> None:
+        for port in ("Ethernet1/9", "Ethernet1/10"):
+            d["port_map"].append(
+                {"node": "node-a", "pf": "ens1f0", "vf": "0000:3b:01.0", "switch": "tor-a",
+                 "port": port}
+            )  # fmt: skip
+
+    with pytest.raises(ConfigError) as exc:
+        load_config(write(tmp_path, edit(add)))
+    assert "port_map.5.pf: node-a ens1f0 VF 0000:3b:01.0 is already port_map.4" in str(exc.value)
+
+
 def test_normalise_pf() -> None:
     assert normalise_pf("3B:00.0") == "0000:3b:00.0"
     assert normalise_pf("0001:af:00.7") == "0001:af:00.7"

@@ -32,8 +32,15 @@ MAP = [
     {"node": "node-a", "pf": "ens1f0", "switch": "tor1", "port": "Ethernet1/1"},
     {"node": "node-a", "pf": "0000:3b:00.1", "switch": "tor1", "port": "Ethernet1/2"},
     {"node": "node-b", "pf": "ens1f0", "switch": "tor1", "port": "Ethernet1/3"},
+    {
+        "node": "node-a",
+        "pf": "ens1f0",
+        "vf": "0000:3b:02.5",
+        "switch": "tor1",
+        "port": "Ethernet1/5",
+    },
 ]
-P1, P2, P3 = "Ethernet1/1", "Ethernet1/2", "Ethernet1/3"
+P1, P2, P3, P5 = "Ethernet1/1", "Ethernet1/2", "Ethernet1/3", "Ethernet1/5"
 
 
 def vf(cid: str, service: str = "red.example.com", ns: str | None = "red", **kw: Any) -> Attachment:
@@ -173,6 +180,24 @@ def test_whole_port_attachment_is_access_and_exclusive(env: Env) -> None:
 
 
 @needs_netconfd
+def test_a_vf_with_its_own_port_gets_it_untagged_in_access_mode(env: Env) -> None:
+    shim = env.shim()
+    pf_port = env.ports(P1)[P1]
+    g = shim.request(vf("own", vf_pci="0000:3b:02.5"))  # asks for trunk, as nsmgr does
+    assert g.connection.mode == "access" and (g.connection.switch, g.connection.port) == (
+        "tor1",
+        P5,
+    )
+    assert env.ports(P5)[P5] == PortConfig.access(P5, 100)
+    assert env.ports(P1)[P1] == pf_port  # the PF's port is not touched
+    # the VF's port is its own: another service cannot join it
+    with pytest.raises(ConflictError):
+        shim.request(vf("other", "blue.example.com", ns="blue", vf_pci="0000:3b:02.5"))
+    shim.close("own")
+    assert env.trunk(P5) == frozenset()
+
+
+@needs_netconfd
 def test_same_id_for_another_port_is_refused(env: Env) -> None:
     shim = env.shim()
     shim.request(vf("c1"))
@@ -231,7 +256,7 @@ def test_audit_reports_drift_and_leftovers_and_fix_repairs_them(env: Env) -> Non
     assert reports[P3].status == "leftover" and "200" in reports[P3].detail
     assert env.trunk(P1) == {100}  # an audit without --fix changes nothing
     fixed = {r.port: r.status for r in shim.audit("tor1", fix=True)}
-    assert fixed == {P1: "fixed", P2: "ok", P3: "fixed"}
+    assert fixed == {P1: "fixed", P2: "ok", P3: "fixed", P5: "ok"}
     assert env.trunk(P1) == {100, 200} and env.trunk(P3) == frozenset()
     assert {r.status for r in shim.audit("tor1")} == {"ok"}
 
@@ -247,7 +272,7 @@ def test_a_new_session_triggers_reconcile(env: Env) -> None:
     reset(env.admin)  # the switch lost its config meanwhile
     shim.audit("tor1")  # the audit's read opens the new session
     assert shim.needs_reconcile() == ["tor1"]
-    assert [r.status for r in shim.reconcile("tor1")] == ["fixed", "ok", "ok"]
+    assert [r.status for r in shim.reconcile("tor1")] == ["fixed", "ok", "ok", "ok"]
     assert env.trunk(P1) == {100} and shim.needs_reconcile() == []
 
 
