@@ -56,7 +56,11 @@ def _subcommand(sub: Any, name: str, text: str) -> argparse.ArgumentParser:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="nsm-lab", description="A simulated SR-IOV node and TOR switch.")
+    p = _Parser(
+        prog="nsm-lab",
+        description="The whole system (device plugin, nsmgr, registry, torshim) on a simulated"
+        " SR-IOV node and TOR switch.",
+    )
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
     demo_ = _subcommand(sub, "demo", "build, run the scenario, check it, tear down")
     up = _subcommand(sub, "up", "build the lab and run it (leftovers of the prefix go first)")
@@ -218,6 +222,7 @@ def _print_pods(console: Console, rows: list[dict[str, Any]]) -> None:
         "VF PCI",
         "interface",
         "IP",
+        "MTU",
         "TOR port",
         "VLAN",
         "ok",
@@ -226,7 +231,7 @@ def _print_pods(console: Console, rows: list[dict[str, Any]]) -> None:
     for r in rows:
         t.add_row(
             r["pod"], r["service"], r["resource"], r["vf_pci"] or "-", r["interface"],
-            r["ip"] or "-", r["tor_port"] or "-", str(r["vlan"] or "-"),
+            r["ip"] or "-", str(r["mtu"] or "-"), r["tor_port"] or "-", str(r["vlan"] or "-"),
             "yes" if r["ok"] else f"NO: {r['problem']}",
         )  # fmt: skip
     console.print(t)

@@ -35,6 +35,7 @@ from lab.scenario import LabPod, Scenario, expected_reachable
 from lab.topology import Lab
 
 CONNECT_TIMEOUT = 30.0
+BUILT_MTU = 1500  # what `up` gives every VF netdev (the veth default)
 DELETE_TIMEOUT = 20.0
 
 
@@ -198,6 +199,7 @@ def pod_rows(
             )
             vf = by_pci.get(conn.pci_address) if conn else None
             ips = addresses(ns, ifname) if conn else []
+            mtu = (build.link_names(ns).get(ifname) or {}).get("mtu") if conn else None
             vlan = vlans.get(vf.tor_port) if vf else None
             problems = []
             if phase != "Running":
@@ -210,6 +212,8 @@ def pod_rows(
                     problems.append(f"no address on {ifname}")
                 if svc is not None and vlan != svc.vlan:
                     problems.append(f"TOR port in VLAN {vlan}, service wants {svc.vlan}")
+                if svc is not None and mtu != svc.mtu:
+                    problems.append(f"MTU {mtu}, service wants {svc.mtu}")
             rows.append(
                 {
                     "pod": pod.key,
@@ -219,6 +223,7 @@ def pod_rows(
                     "vf_pci": conn.pci_address if conn else None,
                     "interface": ifname,
                     "ip": ips[0] if ips else None,
+                    "mtu": mtu,
                     "tor_port": vf.tor_port if vf else None,
                     "vlan": vlan,
                     "ok": not problems,
@@ -278,7 +283,7 @@ def delete_pods(lab: Lab, scenario: Scenario) -> bool:
 
 
 def vfs_restored(lab: Lab) -> list[str]:
-    """What differs from the lab as built: each VF netdev in the node netns, its MAC, up."""
+    """What differs from the lab as built: each VF netdev in the node netns, its MAC, MTU, up."""
     links = build.link_names(lab.node_ns)
     problems = []
     for vf in lab.vfs:
@@ -287,6 +292,10 @@ def vfs_restored(lab: Lab) -> list[str]:
             problems.append(f"VF {vf.pci_address}: {vf.netdev} not back in {lab.node_ns}")
         elif link.get("address") != vf.mac:
             problems.append(f"VF {vf.pci_address}: MAC {link.get('address')} (was {vf.mac})")
+        elif link.get("mtu") != BUILT_MTU:  # a service's MTU (9000, say) must not stay behind
+            problems.append(f"VF {vf.pci_address}: MTU {link.get('mtu')} (was {BUILT_MTU})")
+        elif "UP" not in link.get("flags", []):
+            problems.append(f"VF {vf.pci_address}: {vf.netdev} is down (was up)")
     return problems
 
 

@@ -23,10 +23,11 @@ def check_success(doc: dict, prefix: str) -> None:
     assert set(doc) >= KEYS and doc["ok"] is True, doc.get("errors")
     scn = load_scenario()
     assert {r["pod"] for r in doc["pods"]} == {p.key for p in scn.pods}
-    vlans = {s.name: s.vlan for s in scn.services}
+    svcs = {s.name: s for s in scn.services}
     for row in doc["pods"]:
         assert row["ok"] and row["phase"] == "Running", row
-        assert row["vlan"] == vlans[row["service"]]  # read from the TOR's bridges
+        assert row["vlan"] == svcs[row["service"]].vlan  # read from the TOR's bridges
+        assert row["mtu"] == svcs[row["service"]].mtu  # read from the pod's netns
         assert row["vf_pci"] and row["tor_port"] and row["ip"]
     # every VF went to a different pod, and 100g pods got the E810's VFs
     assert len({r["vf_pci"] for r in doc["pods"]}) == len(doc["pods"])
@@ -59,7 +60,7 @@ def test_demo_runs_the_seed_story_and_leaves_nothing(prefix: str) -> None:
 @needs_lab
 def test_the_table_output_shows_pods_matrix_and_teardown(prefix: str) -> None:
     res = nsm_lab("demo", "--prefix", prefix)
-    for text in ("myns/web-1", "10.60.", "swp", "expected", "torshim_audit", "total"):
+    for text in ("myns/web-1", "10.60.", "swp", "MTU", "expected", "torshim_audit", "total"):
         assert text in res.stdout, res.stdout
     assert "all expectations held" in res.stdout
 
