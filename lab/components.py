@@ -273,6 +273,7 @@ def start(lab: Lab, name: str, argv: list[str] | None = None) -> int:
         raise ComponentError(f"{name}: no command line saved; run the lab again")
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "NODE_NAME": lab.node_name}
     with open(paths.log(name), "ab") as out:
+        offset = out.tell()  # this run's log starts here (a restart appends)
         proc = subprocess.Popen(
             argv,
             stdout=out,
@@ -283,7 +284,13 @@ def start(lab: Lab, name: str, argv: list[str] | None = None) -> int:
             start_new_session=True,  # Ctrl-C on the terminal is the lab's to handle
         )
     _record(lab, proc.pid, name)
-    data[name] = {"argv": argv, "pid": proc.pid, "log": paths.log(name), "started": time.time()}
+    data[name] = {
+        "argv": argv,
+        "pid": proc.pid,
+        "log": paths.log(name),
+        "log_offset": offset,
+        "started": time.time(),
+    }
     _save(paths, data)
     return proc.pid
 
@@ -381,9 +388,28 @@ def allocatable(lab: Lab) -> dict[str, int]:
     return out
 
 
+def _this_run_log(lab: Lab, name: str) -> str:
+    entry = _load(Paths(lab.state_dir)).get(name) or {}
+    try:
+        with open(Paths(lab.state_dir).log(name), errors="replace") as f:
+            f.seek(int(entry.get("log_offset", 0)))
+            return f.read()
+    except (OSError, ValueError):
+        return ""
+
+
 def _device_plugin_ready(lab: Lab) -> bool:
-    want = {f"{DOMAIN}/{capability(pf.speed_mbps)}" for pf in lab.pfs}
-    return want <= set(allocatable(lab))
+    """This very process registered every pool (kubelet still lists a killed plugin's devices
+    until it notices, so the device list alone would pass at once), and kubelet lists them."""
+    want: dict[str, int] = {}
+    for pf in lab.pfs:  # every VF listed, not just the pool: a pod admitted early sees them all
+        res = f"{DOMAIN}/{capability(pf.speed_mbps)}"
+        want[res] = want.get(res, 0) + len(pf.vfs)
+    log = _this_run_log(lab, "device-plugin")
+    if not all(f"registered {r} with kubelet" in log for r in want):
+        return False
+    have = allocatable(lab)
+    return all(have.get(r, 0) >= n for r, n in want.items())
 
 
 def _nsmgr_ready(lab: Lab) -> bool:

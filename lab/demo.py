@@ -39,6 +39,11 @@ BUILT_MTU = 1500  # what `up` gives every VF netdev (the veth default)
 DELETE_TIMEOUT = 20.0
 
 
+def kept_logs(prefix: str) -> str:
+    """Where a failed run leaves its components' logs (the state dir itself is removed)."""
+    return f"/tmp/nsm-lab-{prefix}-logs"
+
+
 class Timer:
     def __init__(self) -> None:
         self.phases: dict[str, float] = {}
@@ -443,7 +448,7 @@ def _teardown(lab: Lab, timer: Timer, result: dict[str, Any], progress: build.Pr
             except Exception as e:  # the lab's removal must still run
                 result["errors"].append(f"stopping components: {e}")
             if _failed_so_far(result):  # keep the logs of a failed run for the user
-                keep = f"/tmp/nsm-lab-{lab.prefix}-logs"
+                keep = kept_logs(lab.prefix)
                 shutil.rmtree(keep, ignore_errors=True)
                 with contextlib.suppress(OSError):
                     shutil.copytree(os.path.join(lab.state_dir, "logs"), keep)

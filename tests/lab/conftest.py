@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from lab import build, netconfd
+from lab import build, demo, netconfd
 from lab.topology import names_for
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -113,6 +113,7 @@ def prefix() -> Iterator[str]:
         yield p
     finally:
         build.destroy(p)
+        shutil.rmtree(demo.kept_logs(p), ignore_errors=True)  # a failed demo keeps its logs
         assert leftovers(p) == []
 
 

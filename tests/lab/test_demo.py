@@ -109,7 +109,7 @@ def test_a_pod_the_node_cannot_admit_is_reported(prefix: str, tmp_path: Path) ->
     assert res.returncode == 1, res.stderr
     doc = json.loads(res.stdout)
     failed = [r for r in doc["pods"] if not r["ok"]]
-    assert len(failed) == 1 and failed[0]["phase"] == "Failed", failed
+    assert len(failed) == 1 and failed[0]["phase"] == "Failed", (doc["errors"], doc["pods"])
     assert "example.com/100g" in failed[0]["problem"]
     assert all(r["ok"] for r in doc["pods"] if r not in failed)
     assert all(c["ok"] for c in doc["teardown"].values()), doc["teardown"]
