@@ -146,12 +146,21 @@ def _procs_naming(state_dir: str) -> list[int]:
                 pid = int(f.read().rsplit(")", 1)[1].split()[1])
         except (OSError, ValueError, IndexError):
             break
-    want = state_dir.rstrip("/") + "/"
     return [
         int(e)
         for e in os.listdir("/proc")
-        if e.isdigit() and int(e) not in mine and want in _cmdline(int(e)) and pid_alive(int(e))
+        if e.isdigit()
+        and int(e) not in mine
+        and names_dir(_cmdline(int(e)), state_dir)
+        and pid_alive(int(e))
     ]
+
+
+def names_dir(cmdline: str, state_dir: str) -> bool:
+    """Does a command line (`_cmdline`: arguments space-separated, a space at the end) name the
+    state dir or a path inside it? `--state-dir SD` counts; `SD2/...` does not."""
+    d = state_dir.rstrip("/")
+    return f"{d}/" in cmdline or f"{d} " in cmdline
 
 
 def _reap(pid: int) -> None:
@@ -184,6 +193,23 @@ def pod_netns(prefix: str) -> list[str]:
         return sorted(n for n in os.listdir("/run/netns") if n.startswith(want))
     except OSError:
         return []
+
+
+def leftovers(prefix: str, root: str | None = None) -> list[str]:
+    """Anything of lab `prefix` still on the machine: netns (node, TOR, pods), the management
+    link, live processes naming its state dir, its users, the state dir."""
+    n = names_for(prefix, root)
+    out = [f"netns {ns}" for ns in (n.node_ns, n.tor_ns, *pod_netns(prefix)) if netns_exists(ns)]
+    if n.mgmt_host_if in link_names():
+        out.append(f"link {n.mgmt_host_if}")
+    out += [f"process {p} ({_cmdline(p)[:100].strip()})" for p in _procs_naming(n.state_dir)]
+    for user in (n.tor_user, n.netconf_user):
+        with contextlib.suppress(KeyError):
+            pwd.getpwnam(user)
+            out.append(f"user {user}")
+    if os.path.exists(n.state_dir):
+        out.append(f"dir {n.state_dir}")
+    return out
 
 
 def netns_pids(ns: str) -> list[int]:
@@ -294,7 +320,7 @@ def destroy(prefix: str, root: str | None = None, progress: Progress = _quiet) -
     for s in steps:
         if s.get("kind") == "process":
             pid = int(s.get("pid", 0))
-            if pid > 0 and names.state_dir in _cmdline(pid):
+            if pid > 0 and names_dir(_cmdline(pid), names.state_dir):
                 pids.append(pid)
     # ... and unrecorded ones naming the state dir (the TOR agent lives in the host netns: found
     # so even when state.json is gone, or a crash came between its start and its record)
@@ -766,7 +792,7 @@ def status(prefix: str, root: str | None = None) -> dict[str, Any]:
 
         def alive(what: str, key: str) -> bool:
             pid = tor.get(key)
-            ok = bool(pid) and pid_alive(pid) and names.state_dir in _cmdline(pid)
+            ok = bool(pid) and pid_alive(pid) and names_dir(_cmdline(pid), names.state_dir)
             check(what, str(pid), ok)
             return ok
 

@@ -298,7 +298,11 @@ def start(lab: Lab, name: str, argv: list[str] | None = None) -> int:
 def pid_of(lab: Lab, name: str) -> int | None:
     entry = _load(Paths(lab.state_dir)).get(name) or {}
     pid = entry.get("pid")
-    if isinstance(pid, int) and build.pid_alive(pid) and lab.state_dir in build._cmdline(pid):
+    if (
+        isinstance(pid, int)
+        and build.pid_alive(pid)
+        and build.names_dir(build._cmdline(pid), lab.state_dir)
+    ):
         return pid
     return None
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import pwd
 import shutil
 import signal
 import subprocess
@@ -33,6 +32,7 @@ from lab import apiclient, build, components
 from lab.components import Paths
 from lab.scenario import LabPod, Scenario, expected_reachable
 from lab.topology import Lab
+from torshim.drivers.linux import BRIDGE_PREFIX
 
 CONNECT_TIMEOUT = 30.0
 BUILT_MTU = 1500  # what `up` gives every VF netdev (the veth default)
@@ -78,11 +78,14 @@ def addresses(ns: str, ifname: str) -> list[str]:
 def tor_vlans(lab: Lab) -> dict[str, int | None]:
     """Each TOR port's access VLAN, from the bridge it is in (`br-v<vlan>`), or None."""
     out: dict[str, int | None] = {}
+    n = len(BRIDGE_PREFIX)
     links = build.link_names(lab.tor_ns)
     for vf in lab.vfs:
         master = (links.get(vf.tor_port) or {}).get("master") or ""
         out[vf.tor_port] = (
-            int(master[4:]) if master.startswith("br-v") and master[4:].isdigit() else None
+            int(vlan)
+            if master.startswith(BRIDGE_PREFIX) and (vlan := master[n:]).isdigit()
+            else None
         )
     return out
 
@@ -336,27 +339,6 @@ def torshim_audit(lab: Lab) -> tuple[bool, str]:
     return not bad, ", ".join(bad) or f"{len(ports)} ports ok"
 
 
-def leftovers(lab: Lab) -> list[str]:
-    """Anything of this lab left on the machine after `down`."""
-    out = []
-    res = build.run("ip", "-j", "netns", "list", check=False)
-    for ns in json.loads(res.stdout or "[]"):
-        if ns.get("name", "").startswith(f"{lab.prefix}-"):
-            out.append(f"netns {ns['name']}")
-    if lab.mgmt_host_if in build.link_names():
-        out.append(f"link {lab.mgmt_host_if}")
-    for pid in os.listdir("/proc"):
-        if pid.isdigit() and int(pid) != os.getpid() and lab.state_dir in build._cmdline(int(pid)):
-            out.append(f"process {pid}")
-    for user in (lab.tor_user, lab.netconf_user):
-        with contextlib.suppress(KeyError):
-            pwd.getpwnam(user)
-            out.append(f"user {user}")
-    if os.path.exists(lab.state_dir):
-        out.append(f"dir {lab.state_dir}")
-    return out
-
-
 # -- the whole run ------------------------------------------------------------------------------
 
 
@@ -457,7 +439,7 @@ def _teardown(lab: Lab, timer: Timer, result: dict[str, Any], progress: build.Pr
                 build.destroy(lab.prefix, os.path.dirname(lab.state_dir))
             except build.LabError as e:
                 result["errors"].append(str(e))
-            left = leftovers(lab)
+            left = build.leftovers(lab.prefix, os.path.dirname(lab.state_dir))
             result["teardown"]["nothing_left"] = {"ok": not left, "detail": ", ".join(left)}
     finally:
         if main:

@@ -47,6 +47,7 @@ from lxml import etree
 
 from torshim import validate
 from torshim.drivers.base import SwitchParams
+from torshim.drivers.linux import BRIDGE_PREFIX
 from torshim.drivers.openconfig import parse_ports, read_filter
 from torshim.errors import ShimError
 from torshim.model import PortConfig
@@ -78,7 +79,7 @@ class TorAgent:
         session_params: SwitchParams,
         netns: str,
         ports: Mapping[str, str],
-        bridge_prefix: str = "br-v",
+        bridge_prefix: str = BRIDGE_PREFIX,
         *,
         poll_interval: float = 0.2,
         safety_interval: float = 5.0,
@@ -286,7 +287,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--switch", required=True, help="the switch's name in that config")
     p.add_argument("--netns", required=True, help="the netns holding the ports and bridges")
     p.add_argument("--ports", action="append", required=True, help="NC[=LINUX],... port names")
-    p.add_argument("--bridge-prefix", default="br-v")
+    p.add_argument("--bridge-prefix", default=BRIDGE_PREFIX)
     p.add_argument("--ready-file", help="written (`<pid> <mode>`) once the first sync is done")
     p.add_argument("--timeout", type=float, default=15.0, help="for the first sync (s)")
     p.add_argument("-v", "--verbose", action="store_true")

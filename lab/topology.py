@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import yaml
@@ -231,19 +231,7 @@ def build_topology(
                 raise SpecError(f"{where}: PCI address {addr} used twice")
             seen_pci.add(addr)
         pfs.append(PF(model.key, model.name, model.speed_mbps, pci, ifname, tuple(vfs)))
-    lab = Lab(
-        prefix=prefix,
-        node_name=node_name,
-        node_ns=f"{prefix}-node",
-        tor_ns=f"{prefix}-tor",
-        tor_name=f"{prefix}-tor",
-        mgmt_host_if=f"{prefix}-mg",
-        mgmt_tor_if="mgmt0",
-        tor_user=f"{prefix}-sw",
-        state_dir=os.path.join(root or state_root(), prefix),
-        pfs=tuple(pfs),
-        switch=switch,
-    )
+    lab = replace(names_for(prefix, root), node_name=node_name, pfs=tuple(pfs), switch=switch)
     check_ifname(lab.mgmt_host_if, "management link")
     return lab
 

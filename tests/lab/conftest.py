@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import pwd
 import shutil
 import subprocess
 import sys
@@ -14,7 +13,6 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from lab import build, demo, netconfd
-from lab.topology import names_for
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -75,34 +73,14 @@ def wait_until(cond: Callable[[], bool], timeout: float = 5.0) -> bool:
     return cond()
 
 
-def lab_processes(state_dir: str) -> list[str]:
-    """Live processes whose command line names the state dir (the lab's own), as `pid cmdline`."""
-    out = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit() and build.pid_alive(int(entry)):
-            cmd = build._cmdline(int(entry))
-            if state_dir + "/" in cmd or cmd.rstrip().endswith(state_dir):
-                out.append(f"{entry} {cmd[:120]}")
-    return out
+def lab_processes(state_dir: str) -> list[int]:
+    """Live processes whose command line names the state dir (the lab's own)."""
+    return build._procs_naming(state_dir)
 
 
 def leftovers(prefix: str) -> list[str]:
-    """Anything of lab `prefix` still on the machine."""
-    n = names_for(prefix)
-    nss = [n.node_ns, n.tor_ns, *build.pod_netns(prefix)]
-    out = [f"netns {ns}" for ns in nss if build.netns_exists(ns)]
-    if n.mgmt_host_if in build.link_names():
-        out.append(f"link {n.mgmt_host_if}")
-    for user in (n.tor_user, n.netconf_user):
-        try:
-            pwd.getpwnam(user)
-            out.append(f"user {user}")
-        except KeyError:
-            pass
-    if os.path.exists(n.state_dir):
-        out.append(f"dir {n.state_dir}")
-    out += [f"process {p}" for p in lab_processes(n.state_dir)]
-    return out
+    """Anything of lab `prefix` still on the machine (the lab's own check, which `demo` uses)."""
+    return build.leftovers(prefix)
 
 
 @pytest.fixture

@@ -59,3 +59,13 @@ def test_cli_bad_input_exit_2(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 4 and all(line.startswith("nsm-lab: ") for line in err)
     assert "Traceback" not in "".join(err)
+
+
+def test_a_command_line_names_the_state_dir_only_as_a_whole_path() -> None:
+    from lab.build import names_dir
+
+    sd = "/run/nsm-lab/t1"
+    assert names_dir("python -m lab.node --state-dir /run/nsm-lab/t1 --node a ", sd)
+    assert names_dir("sshd -D -f /run/nsm-lab/t1/etc/sshd_config ", sd + "/")
+    assert not names_dir("sshd -D -f /run/nsm-lab/t12/etc/sshd_config ", sd)  # another lab
+    assert not names_dir("python -m lab.node --state-dir /run/nsm-lab/t12 ", sd)

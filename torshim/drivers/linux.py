@@ -32,6 +32,7 @@ from torshim.model import Changeset, PortChange, PortConfig
 
 ERROR_PATTERNS = (RC_ERROR,)
 SHOW_LINKS = "ip -j -d link show"
+BRIDGE_PREFIX = "br-v"  # one bridge per VLAN: br-v100 (the lab's netconf TOR agent uses it too)
 # A pty in canonical mode holds at most 4095 bytes per line: stay well below.
 MAX_LINE = 2000
 
@@ -50,7 +51,7 @@ def batch(lines: Sequence[str], limit: int = MAX_LINE) -> list[str]:
 class Layout:
     """Bridge and sub-port names, validated: each one ends up in a shell command line."""
 
-    def __init__(self, prefix: str = "br-v", create_bridges: bool = True) -> None:
+    def __init__(self, prefix: str = BRIDGE_PREFIX, create_bridges: bool = True) -> None:
         if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_-]{0,10}", prefix):
             raise ValidationError(
                 f"invalid bridge prefix {prefix!r} (1-11 of letters, digits, _ -)"
@@ -158,7 +159,7 @@ class LinuxSwitch(CliDriver):
     def layout(self) -> Layout:
         opts = self.params.options
         return Layout(
-            str(opts.get("bridge_prefix", "br-v")), bool(opts.get("create_bridges", True))
+            str(opts.get("bridge_prefix", BRIDGE_PREFIX)), bool(opts.get("create_bridges", True))
         )
 
     def render(self, changes: Sequence[PortChange]) -> Changeset:
