@@ -282,12 +282,23 @@ def ping_matrix(lab: Lab, scenario: Scenario, rows: list[dict[str, Any]]) -> lis
 
 
 def delete_pods(lab: Lab, scenario: Scenario) -> bool:
-    """Delete every pod (graceful, as kubectl does) and wait until the API has none left."""
+    """Delete every pod (graceful, as kubectl does); wait until the API has none left and nsmgr
+    has closed every connection. The second wait matters: nsmgr gives the VF back before it
+    closes at the shim, so a pod can be gone while its TOR port is still being released."""
     api = apiclient.api_url(lab.state_dir)
     for pod in scenario.pods:
         with contextlib.suppress(apiclient.ApiError):
             apiclient.delete_pod(api, pod.namespace, pod.name)
-    return _wait("pods gone", lambda: not apiclient.list_pods(api), DELETE_TIMEOUT)
+
+    def none_left() -> bool:
+        try:
+            return not connections(lab)
+        except grpc.RpcError:
+            return False
+
+    deadline = time.monotonic() + DELETE_TIMEOUT
+    gone = _wait("pods gone", lambda: not apiclient.list_pods(api), DELETE_TIMEOUT)
+    return _wait("connections closed", none_left, max(0.0, deadline - time.monotonic())) and gone
 
 
 def vfs_restored(lab: Lab) -> list[str]:
@@ -383,7 +394,8 @@ def run(
             progress("deleting pods")
             gone = delete_pods(lab, scenario)
         checks = result["teardown"]
-        checks["pods_deleted"] = {"ok": gone, "detail": "" if gone else "pods still in the API"}
+        detail = "" if gone else "pods still in the API, or connections still open in nsmgr"
+        checks["pods_deleted"] = {"ok": gone, "detail": detail}
         problems = vfs_restored(lab)
         checks["vfs_restored"] = {"ok": not problems, "detail": "; ".join(problems)}
         problems = tor_released(lab)
